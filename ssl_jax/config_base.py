@@ -1,0 +1,168 @@
+"""The keys every config shares, and the data-set presets the method configs reuse.
+
+`configs/<method>.py` builds on `base_config()` and fills in the method's presets; every
+config has the same top-level keys: seed, method, model, input, optim, schedule, evals,
+ckpt, log_every_steps, plus one section named after the method (e.g. `moco`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+# Channel statistics on the 0..1 scale.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The MoCo CIFAR-10 demo's normalisation.
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+DIGITS_MEAN, DIGITS_STD = (0.3, 0.3, 0.3), (0.4, 0.4, 0.4)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.method = ""
+    c.model = dict(
+        backbone="resnet18",
+        stem="cifar",
+        bn_momentum=0.9,  # flax convention; PyTorch momentum 0.1
+        bn_epsilon=1e-5,
+        zero_init_residual=False,
+        dtype="float32",
+        head=dict(num_layers=2, hidden_dim=2048, out_dim=128, use_bn=False, last_bn="none"),
+    )
+    c.input = dict(
+        dataset="digits",
+        data_dir=config_dict.placeholder(str),
+        train_split="train",
+        eval_train_split="train",
+        eval_test_split="test",
+        image_size=32,
+        eval_crop_fraction=1.0,
+        global_batch_size=256,
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+        views=dict(),
+        shuffle_buffer=16_384,
+        prefetch=2,
+    )
+    c.optim = dict(
+        name="sgd",
+        lr=0.03,
+        lr_scaling="linear",  # lr x global_batch / 256
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        exclude_bias_and_norm=False,
+        trust_coefficient=1e-3,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+    )
+    c.schedule = dict(
+        epochs=200.0, warmup_epochs=0.0, decay="cosine", milestones=(120, 160), total_steps=0
+    )
+    c.evals = dict(
+        knn_every_steps=0,  # 0: only at the end of training
+        knn_k=200,  # InstDisc / MoCo CIFAR demo; DINO uses k=20, T=0.07 on ImageNet
+        knn_temperature=0.1,
+        linear_epochs=100,
+        linear_batch_size=256,
+        linear_lr=0.1,
+        linear_weight_decay=0.0,
+        batch_size=512,
+        random_init_baseline=True,
+    )
+    c.ckpt = dict(every_steps=1000, keep=3, async_save=True)
+    c.log_every_steps = 50
+    return c
+
+
+def set_views(config: ml_collections.ConfigDict, *recipes: ml_collections.ConfigDict) -> None:
+    """Installs one keyed augmentation config per view: view1, view2, ..."""
+    config.input.views = ml_collections.ConfigDict(
+        {f"view{i + 1}": recipe for i, recipe in enumerate(recipes)}
+    )
+
+
+def use_digits(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict) -> None:
+    """The offline default: scikit-learn's 8x8 handwritten digits (1,437 train / 360 test)."""
+    config.input.update(
+        dataset="digits",
+        train_split="train",
+        eval_train_split="train",
+        eval_test_split="test",
+        image_size=16,
+        eval_crop_fraction=1.0,
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+    )
+    set_views(config, recipe, recipe)
+    config.model.update(backbone="resnet_tiny", stem="cifar")
+    config.evals.update(knn_k=20, knn_temperature=0.1, linear_epochs=100)
+
+
+def use_cifar10(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict) -> None:
+    """tfds `cifar10` (50k train / 10k test), 32 px, ResNet-18 with the CIFAR stem."""
+    config.input.update(
+        dataset="cifar10",
+        train_split="train",
+        eval_train_split="train",
+        eval_test_split="test",
+        image_size=32,
+        eval_crop_fraction=1.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    )
+    set_views(config, recipe, recipe)
+    config.model.update(backbone="resnet18", stem="cifar")
+    config.evals.update(knn_k=200, knn_temperature=0.1)
+
+
+def use_imagenet(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict) -> None:
+    """tfds `imagenet2012` (prepared under input.data_dir, e.g. on GCS), 224 px, ResNet-50."""
+    config.input.update(
+        dataset="imagenet2012",
+        train_split="train",
+        eval_train_split="train",
+        eval_test_split="validation",
+        image_size=224,
+        eval_crop_fraction=0.875,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    set_views(config, recipe, recipe)
+    config.model.update(backbone="resnet50", stem="imagenet")
+    config.evals.update(knn_k=20, knn_temperature=0.07, knn_every_steps=0, batch_size=1024)
+    config.ckpt.every_steps = 5000
+
+
+def use_smoke(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict) -> None:
+    """A few steps of a tiny model on small digits splits: what the tests run end to end."""
+    use_digits(config, recipe)
+    config.input.update(
+        image_size=16,
+        global_batch_size=16,
+        eval_train_split="train[:128]",
+        eval_test_split="test[:64]",
+    )
+    config.model.head.update(hidden_dim=32, out_dim=16)
+    config.schedule.update(total_steps=4, epochs=1.0, warmup_epochs=0.0)
+    config.evals.update(knn_k=10, linear_epochs=2, batch_size=64, knn_every_steps=2)
+    config.ckpt.update(every_steps=2, keep=2)
+    config.log_every_steps = 1
+
+
+def select_preset(
+    arg: str | None,
+    presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],
+    default: str = "digits",
+) -> ml_collections.ConfigDict:
+    """Builds the preset named by `--config=...py:<arg>` and locks it."""
+    name = arg or default
+    if name not in presets:
+        raise ValueError(f"unknown config preset {name!r}; valid presets: {', '.join(presets)}")
+    config = presets[name]()
+    config.lock()
+    return config

@@ -1,0 +1,18 @@
+"""Methods, one module each, loaded by name (no base classes).
+
+Each module exports get_config, make_model, init_extra, loss_fn and update_extra
+(DESIGN.md, "Train state and methods").
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+METHODS = ("moco", "simclr")
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return importlib.import_module(f"ssl_jax.methods.{name}")
