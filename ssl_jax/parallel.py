@@ -7,7 +7,7 @@ axis (``P('data')``); method code is written in the global view (DESIGN.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,9 +28,11 @@ def initialize_distributed(enabled: bool) -> None:
         jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-    """A 1-D data-parallel mesh over all devices of all processes."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D data-parallel mesh over all devices of all processes (or the given ones)."""
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -65,6 +67,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a host pytree (identical on every process) replicated on the mesh."""
     sharding = replicated(mesh)
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def host_scalar(x: jax.Array) -> float:
+    """A replicated scalar as a Python float, on any process (no cross-host gather)."""
+    return float(np.asarray(x.addressable_data(0)))
 
 
 def fetch(tree: Any) -> Any:

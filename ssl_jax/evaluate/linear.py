@@ -45,7 +45,9 @@ def standardize(
     train = np.asarray(train, np.float64)
     mean = train.mean(axis=0)
     std = np.sqrt(train.var(axis=0) + eps)
-    return tuple(((np.asarray(x, np.float64) - mean) / std).astype(np.float32) for x in (train,) + others)
+    return tuple(
+        ((np.asarray(x, np.float64) - mean) / std).astype(np.float32) for x in (train,) + others
+    )
 
 
 def _make_optimizer(
@@ -145,11 +147,16 @@ def linear_probe(
     test_labels = np.asarray(test_labels, np.int32)
     n = len(train_feats)
     if n == 0 or len(train_labels) != n:
-        raise ValueError(f"need matching, non-empty train data; got {n} feats, {len(train_labels)} labels")
+        raise ValueError(
+            f"need matching, non-empty train data; got {n} feats, {len(train_labels)} labels"
+        )
     if len(test_feats) != len(test_labels):
         raise ValueError(f"test feats ({len(test_feats)}) and labels ({len(test_labels)}) differ")
     if train_labels.max() >= num_classes or train_labels.min() < 0:
-        raise ValueError(f"train labels span [{train_labels.min()}, {train_labels.max()}], num_classes={num_classes}")
+        raise ValueError(
+            f"train labels span [{train_labels.min()}, {train_labels.max()}] "
+            f"but num_classes={num_classes}"
+        )
     batch_size = min(batch_size, n)
     if lr is None:
         lr = 0.1 * batch_size / 256

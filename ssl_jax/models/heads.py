@@ -24,7 +24,12 @@ import jax.numpy as jnp
 from ssl_jax.models.resnet import BatchNorm
 
 # last_bn -> (use_scale, use_bias) of the final BatchNorm; 'none' means no final BN.
-LAST_BN = {"none": None, "affine": (True, True), "scale": (True, False), "no_affine": (False, False)}
+LAST_BN = {
+    "none": None,
+    "affine": (True, True),
+    "scale": (True, False),
+    "no_affine": (False, False),
+}
 
 # PyTorch nn.Linear's default kernel init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which the
 # MoCo / SimSiam / BYOL-PyTorch heads use.

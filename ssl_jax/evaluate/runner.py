@@ -1,0 +1,130 @@
+"""Runs the evaluations of a train state: the kNN monitor and the final report.
+
+The encoder is frozen and used in eval mode (BatchNorm running statistics); features are
+the backbone's pooled output. The final report puts the pretrained encoder beside the
+same architecture at its random initialisation, so the gain from pretraining is visible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from ssl_jax.data import pipeline
+from ssl_jax.evaluate.features import extract_features
+from ssl_jax.evaluate.knn import knn_accuracy
+from ssl_jax.evaluate.linear import linear_probe
+
+
+class Evaluator:
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh):
+        devices = mesh.devices.size
+        if config.evals.batch_size % devices:
+            raise ValueError(
+                f"evals.batch_size={config.evals.batch_size} is not divisible by the "
+                f"{devices} devices; use a multiple of {devices}."
+            )
+        self.config, self.mesh = config, mesh
+        self._embed = jax.jit(
+            lambda variables, x: model.apply(variables, x, train=False, method="embed")
+        )
+
+    def features(self, state: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        batches = pipeline.eval_iterator(
+            self.config.input,
+            split,
+            global_batch_size=self.config.evals.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        return extract_features(lambda x: self._embed(variables, x), batches, self.mesh)
+
+    def _splits(self, state: Any):
+        train = self.features(state, self.config.input.eval_train_split)
+        test = self.features(state, self.config.input.eval_test_split)
+        return train, test
+
+    def knn(self, state: Any, prefix: str = "knn") -> dict[str, float]:
+        (train_x, train_y), (test_x, test_y) = self._splits(state)
+        if not _labelled(train_y, test_y):
+            return {}
+        return {f"{prefix}_top1": self._knn(train_x, train_y, test_x, test_y)}
+
+    def _knn(self, train_x, train_y, test_x, test_y) -> float:
+        cfg = self.config.evals
+        return float(
+            knn_accuracy(
+                train_x, train_y, test_x, test_y,
+                num_classes=_num_classes(train_y, test_y),
+                k=cfg.knn_k, temperature=cfg.knn_temperature,
+            )
+        )
+
+    def _linear(self, train_x, train_y, test_x, test_y) -> float:
+        cfg = self.config.evals
+        result = linear_probe(
+            train_x, train_y, test_x, test_y,
+            num_classes=_num_classes(train_y, test_y),
+            epochs=cfg.linear_epochs,
+            batch_size=cfg.linear_batch_size,
+            lr=cfg.linear_lr,
+            weight_decay=cfg.linear_weight_decay,
+            seed=self.config.seed,
+        )
+        return float(result["top1"])
+
+    def scores(self, state: Any) -> dict[str, float]:
+        (train_x, train_y), (test_x, test_y) = self._splits(state)
+        if not _labelled(train_y, test_y):
+            return {}
+        args = (train_x, train_y, test_x, test_y)
+        return {"knn_top1": self._knn(*args), "linear_top1": self._linear(*args)}
+
+    def final_report(self, state: Any, init_state: Any, writer: Any) -> dict[str, Any]:
+        """kNN and linear-probe top-1 of the trained and the random-init encoder."""
+        cfg = self.config
+        trained = self.scores(state)
+        step = int(np.asarray(state.step.addressable_data(0)))
+        if not trained:
+            print("The evaluation splits have no labels: kNN and linear probe skipped.")
+            return {}
+        writer.write(step, {f"final_{k}": v for k, v in trained.items()})
+        baseline = self.scores(init_state) if cfg.evals.random_init_baseline else {}
+        protocol = {
+            "knn_top1": f"kNN k={cfg.evals.knn_k} T={cfg.evals.knn_temperature}, cosine, weighted",
+            "linear_top1": f"linear probe on frozen features, {cfg.evals.linear_epochs} epochs",
+        }
+        rows = [
+            (
+                name,
+                f"{trained[name]:.2f}",
+                f"{baseline[name]:.2f}" if name in baseline else "-",
+                protocol[name],
+            )
+            for name in ("knn_top1", "linear_top1")
+        ]
+        writer.report(
+            f"{cfg.method} on {cfg.input.dataset}: train {cfg.input.eval_train_split}, "
+            f"test {cfg.input.eval_test_split}",
+            rows,
+            header=("metric", "pretrained", "random init", "protocol"),
+        )
+        return {
+            "pretrained": trained,
+            "random_init": baseline,
+            "protocol": protocol,
+        }
+
+
+def _labelled(*labels: np.ndarray) -> bool:
+    return all(len(y) and np.min(y) >= 0 for y in labels)
+
+
+def _num_classes(*labels: np.ndarray) -> int:
+    return int(max(np.max(y) for y in labels)) + 1

@@ -1,0 +1,262 @@
+"""The one training loop: mesh, data, state init or resume, step, evals, checkpoints, logs.
+
+One pure `update_fn(state, batch, base_key) -> (state, metrics)` is compiled with
+`jax.jit` over the ('data',) mesh: the state is replicated, the batch sharded on its
+leading axis. The step number is folded into the base key, so a resumed run draws the
+same randomness as an uninterrupted one; the checkpoint holds everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from ssl_jax import methods, optim, parallel, schedules
+from ssl_jax.checkpoint import Checkpointer, check_and_save_config
+from ssl_jax.data import pipeline
+from ssl_jax.state import TrainState
+from ssl_jax.evaluate.runner import Evaluator
+from ssl_jax.writer import MetricWriter
+
+
+class DivergenceError(FloatingPointError):
+    """A non-finite loss or gradient; the message names the step and the metric."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything compiled for one config on one mesh."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    method: ModuleType
+    model: nn.Module
+    tx: optax.GradientTransformation
+    lr_fn: Callable[[jax.Array], jax.Array]
+    steps_per_epoch: int
+    total_steps: int
+    init: Callable[[jax.Array], TrainState]  # jitted: key -> replicated state
+    update: Callable[..., tuple[TrainState, dict]]  # jitted, donates the state
+
+
+def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
+    """The pure train step: loss, gradient, optimizer, method extras, metrics."""
+
+    def update_fn(state: TrainState, batch: dict, base_key: jax.Array):
+        rng = jax.random.fold_in(base_key, state.step)
+        grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, state, batch, rng, model=model, config=config)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        extra = method.update_extra(
+            state.extra, params=params, aux=aux, step=state.step, config=config
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=aux["batch_stats"],
+            opt_state=opt_state,
+            extra=extra,
+        )
+        metrics = dict(
+            loss=loss,
+            lr=lr_fn(state.step),
+            grad_norm=optax.global_norm(grads),
+            collapse_std=jnp.mean(jnp.std(aux["embeddings"], axis=0)),
+            **aux["metrics"],
+        )
+        return new_state, metrics
+
+    return update_fn
+
+
+def make_init_fn(method, model, tx, config) -> Callable[[jax.Array], TrainState]:
+    size = config.input.image_size
+
+    def init_fn(key: jax.Array) -> TrainState:
+        # train=False: BatchNorm groups need no divisibility at init.
+        variables = model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+            extra=method.init_extra(params, batch_stats, config),
+        )
+
+    return init_fn
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
+    """Validates the config against the mesh and compiles init and update."""
+    parallel.check_global_batch(config.input.global_batch_size, mesh)
+    method = methods.get_method(config.method)
+    if hasattr(method, "validate"):
+        method.validate(config)
+    spe = pipeline.steps_per_epoch(config.input, jax.process_count())
+    total = schedules.total_steps(config.schedule, spe)
+    peak_lr = optim.scaled_lr(config.optim, config.input.global_batch_size)
+    lr_fn = schedules.lr_schedule(peak_lr, config.schedule, spe)
+    tx = optim.make_optimizer(config.optim, lr_fn)
+    model = method.make_model(config)
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    init = jax.jit(make_init_fn(method, model, tx, config), out_shardings=repl)
+    update = jax.jit(
+        make_update_fn(method, model, tx, lr_fn, config),
+        in_shardings=(repl, data, repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    return Setup(config, mesh, method, model, tx, lr_fn, spe, total, init, update)
+
+
+def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+    """(init key, train base key), both from config.seed."""
+    root = jax.random.key(config.seed)
+    return jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+
+
+class _MetricBuffer:
+    """Keeps device metrics of recent steps; fetching them all at once avoids a host sync
+    per step, and the first non-finite step is still found exactly."""
+
+    def __init__(self):
+        self._pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, metrics: dict) -> None:
+        self._pending.append((step, metrics))
+
+    def flush(self, last_good_step: int | None) -> dict[str, float]:
+        """Checks every pending step and returns the latest step's metrics as floats."""
+        latest = {}
+        for step, metrics in self._pending:
+            values = {k: parallel.host_scalar(v) for k, v in metrics.items()}
+            for name in ("loss", "grad_norm"):
+                if not np.isfinite(values[name]):
+                    where = (
+                        f"the last good checkpoint is step {last_good_step}"
+                        if last_good_step is not None
+                        else "no checkpoint was written yet"
+                    )
+                    raise DivergenceError(
+                        f"{name} is {values[name]} at step {step}; stopping ({where}). "
+                        "Lower optim.lr or check the input data."
+                    )
+            latest = values
+        self._pending.clear()
+        return latest
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Pretrains, evaluates (kNN and linear probe vs random init) and returns the report."""
+    start_time = time.time()
+    mesh = parallel.make_mesh()
+    setup = build(config, mesh)
+    is_chief = jax.process_index() == 0
+    check_and_save_config(config, workdir, write=is_chief)
+    init_key, base_key = keys(config)
+    base_key = parallel.replicate(base_key, mesh)
+
+    ckpt = Checkpointer(
+        workdir, every_steps=config.ckpt.every_steps, keep=config.ckpt.keep,
+        async_save=config.ckpt.async_save,
+    )
+    state = setup.init(init_key)
+    restored = ckpt.restore(state)
+    start_step = 0
+    if restored is not None:
+        state, start_step = restored
+        print(f"Resumed from the checkpoint at step {start_step} in {ckpt.directory}")
+    last_good = start_step if restored is not None else None
+
+    writer = MetricWriter(
+        workdir,
+        enabled=is_chief,
+        total_steps=setup.total_steps,
+        steps_per_epoch=setup.steps_per_epoch,
+        images_per_step=config.input.global_batch_size,
+    )
+    writer.truncate_after(start_step)
+    batches = pipeline.pretrain_iterator(
+        config.input,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    evaluator = Evaluator(config, setup.model, mesh)
+    buffer = _MetricBuffer()
+    with jax.set_mesh(mesh):
+        for step in range(start_step, setup.total_steps):
+            batch = parallel.to_global(next(batches), mesh)
+            state, metrics = setup.update(state, batch, base_key)
+            buffer.add(step, metrics)
+            done = step + 1
+            is_last = done == setup.total_steps
+            if done % config.log_every_steps == 0 or is_last:
+                values = buffer.flush(last_good)
+                writer.write(done, values)
+                writer.progress(done, values)
+            knn_every = config.evals.knn_every_steps
+            if knn_every and done % knn_every == 0 and not is_last:
+                writer.write(done, evaluator.knn(state, prefix="knn"))
+            if done % config.ckpt.every_steps == 0 or is_last:
+                buffer.flush(last_good)  # never checkpoint a diverged state
+                if ckpt.save(done, state, force=is_last):
+                    last_good = done
+        ckpt.wait()
+        report = evaluator.final_report(state, setup.init(init_key), writer)
+    report.update(
+        steps=setup.total_steps,
+        wall_time_s=round(time.time() - start_time, 1),
+        devices=jax.device_count(),
+        processes=jax.process_count(),
+    )
+    if is_chief:
+        with open(os.path.join(workdir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        report["plots"] = writer.plots()
+    writer.close()
+    ckpt.close()
+    return report
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
+    """The latest checkpoint of a workdir."""
+    mesh = parallel.make_mesh()
+    setup = build(config, mesh)
+    init_key, _ = keys(config)
+    ckpt = Checkpointer(workdir, every_steps=1, keep=1_000_000, async_save=False)
+    restored = ckpt.restore(setup.init(init_key))
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+    return setup, restored[0]
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """kNN and linear probe of a finished or running run's latest checkpoint."""
+    setup, state = restore_state(config, workdir)
+    with jax.set_mesh(setup.mesh):
+        scores = Evaluator(config, setup.model, setup.mesh).scores(state)
+    step = int(np.asarray(state.step.addressable_data(0)))
+    scores = {"step": step, **scores}
+    if jax.process_index() == 0:
+        print(json.dumps(scores, indent=2))
+        with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+            json.dump(scores, f, indent=2)
+    return scores

@@ -1,0 +1,159 @@
+"""Optimizers against NumPy transcriptions of PyTorch SGD and SimCLR's LARS."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax.optim import decay_mask, make_optimizer, scaled_lr
+
+LRS = [0.5, 0.3, 0.1, 0.05]  # a changing lr, to pin where the lr enters the momentum
+
+
+def optim_config(name, **overrides):
+    cfg = dict(
+        name=name,
+        lr=0.3,
+        lr_scaling="linear",
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-2,
+        exclude_bias_and_norm=True,
+        trust_coefficient=1e-3,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def toy_params():
+    rng = np.random.default_rng(0)
+    return {
+        "dense": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))},
+        "bn": {"scale": rng.normal(size=(4,)), "bias": np.zeros(4)},  # zero norm: trust 1
+    }
+
+
+def toy_grads(step):
+    rng = np.random.default_rng(step + 1)
+    return jax.tree.map(lambda p: rng.normal(size=p.shape), toy_params())
+
+
+def run_optax(cfg, steps=len(LRS)):
+    schedule = lambda count: jnp.asarray(LRS)[count]
+    opt = make_optimizer(cfg, schedule)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), toy_params())
+    state = opt.init(params)
+    for step in range(steps):
+        grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), toy_grads(step))
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def run_numpy(step_fn, cfg, steps=len(LRS)):
+    params = toy_params()
+    mask = decay_mask(params)
+    buf = jax.tree.map(np.zeros_like, params)
+    for step in range(steps):
+        grads = toy_grads(step)
+        out = jax.tree.map(
+            lambda w, g, b, decay: step_fn(w, g, b, decay, LRS[step], cfg),
+            params,
+            grads,
+            buf,
+            mask,
+        )
+        params = jax.tree.map(lambda o: o[0], out, is_leaf=lambda o: isinstance(o, tuple))
+        buf = jax.tree.map(lambda o: o[1], out, is_leaf=lambda o: isinstance(o, tuple))
+    return params
+
+
+def torch_sgd_step(w, g, buf, decay, lr, cfg):
+    """torch.optim.SGD with coupled weight decay, dampening 0."""
+    if decay or not cfg.exclude_bias_and_norm:
+        g = g + cfg.weight_decay * w
+    buf = cfg.momentum * buf + g
+    step = g + cfg.momentum * buf if cfg.nesterov else buf
+    return w - lr * step, buf
+
+
+def simclr_lars_step(w, g, v, decay, lr, cfg):
+    """google-research/simclr LARSOptimizer, classic momentum."""
+    adapt = decay or not cfg.exclude_bias_and_norm
+    if adapt:
+        g = g + cfg.weight_decay * w
+    trust = 1.0
+    w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+    if adapt and w_norm > 0 and g_norm > 0:
+        trust = cfg.trust_coefficient * w_norm / g_norm
+    v = cfg.momentum * v + lr * trust * g
+    update = cfg.momentum * v + lr * trust * g if cfg.nesterov else v
+    return w - update, v
+
+
+def assert_trees_close(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_sgd_matches_pytorch(nesterov, exclude):
+    cfg = optim_config("sgd", nesterov=nesterov, exclude_bias_and_norm=exclude)
+    assert_trees_close(run_optax(cfg), run_numpy(torch_sgd_step, cfg))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lars_matches_simclr(nesterov, exclude):
+    cfg = optim_config(
+        "lars", nesterov=nesterov, exclude_bias_and_norm=exclude, trust_coefficient=0.5
+    )
+    assert_trees_close(run_optax(cfg), run_numpy(simclr_lars_step, cfg))
+
+
+def test_lars_excluded_leaf_is_plain_momentum_sgd():
+    cfg = optim_config("lars", weight_decay=0.5, trust_coefficient=1e-3)
+    params = run_optax(cfg, steps=1)
+    expected = toy_params()["dense"]["bias"] - LRS[0] * toy_grads(0)["dense"]["bias"]
+    np.testing.assert_allclose(params["dense"]["bias"], expected, rtol=1e-5)
+
+
+def test_adamw_mask_skips_decay_on_bias_and_norm():
+    cfg = optim_config("adamw", weight_decay=0.1)
+    opt = make_optimizer(cfg, 0.01)
+    params = jax.tree.map(lambda p: jnp.ones_like(p, jnp.float32), toy_params())
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    # With zero gradients Adam's step is 0, leaving only the decoupled decay -lr*wd*w.
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.01 * 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)
+
+
+def test_decay_mask_is_rank_based():
+    assert decay_mask(toy_params()) == {
+        "dense": {"kernel": True, "bias": False},
+        "bn": {"scale": False, "bias": False},
+    }
+
+
+@pytest.mark.parametrize("rule, expected", [("linear", 0.3 * 2), ("sqrt", 0.3 * 32), ("none", 0.3)])
+def test_scaled_lr(rule, expected):
+    assert scaled_lr(optim_config("sgd", lr_scaling=rule), 1024 if rule == "sqrt" else 512) == (
+        pytest.approx(expected)
+    )
+
+
+def test_scaled_lr_unknown_rule():
+    with pytest.raises(ValueError, match="sqrt"):
+        scaled_lr(optim_config("sgd", lr_scaling="cubic"), 256)
+
+
+def test_unknown_optimizer_lists_valid_names():
+    with pytest.raises(ValueError, match="lars"):
+        make_optimizer(optim_config("adam"), 0.1)

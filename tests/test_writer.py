@@ -1,0 +1,102 @@
+"""MetricWriter: JSONL, resume truncation, TensorBoard, report, plots, progress."""
+
+import glob
+import json
+import os
+
+from ssl_jax.writer import MetricWriter, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _writer(tmp_path, **kw):
+    args = dict(total_steps=100, steps_per_epoch=10, images_per_step=32)
+    args.update(kw)
+    return MetricWriter(str(tmp_path), **args)
+
+
+def test_jsonl_written_and_readable(tmp_path):
+    w = _writer(tmp_path)
+    w.write(1, {"loss": 2.5, "lr": 0.1})
+    w.write(2, {"loss": 2.0})
+    w.close()
+    assert read_metrics(str(tmp_path)) == [
+        {"step": 1, "loss": 2.5, "lr": 0.1},
+        {"step": 2, "loss": 2.0},
+    ]
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert json.loads(f.readline()) == {"step": 1, "loss": 2.5, "lr": 0.1}
+
+
+def test_truncate_after_matches_uninterrupted_log(tmp_path):
+    w = _writer(tmp_path)
+    for s in range(1, 6):
+        w.write(s, {"loss": float(s)})
+    w.truncate_after(3)  # resumed from the step-3 checkpoint
+    for s in range(4, 6):
+        w.write(s, {"loss": float(s)})
+    w.close()
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5]
+
+
+def test_disabled_writer_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    w = _writer(workdir, enabled=False)
+    w.write(1, {"loss": 1.0})
+    w.progress(1, {"loss": 1.0})
+    w.report("t", [("a", "1")], ("k", "v"))
+    assert w.plots() == []
+    w.close()
+    assert not workdir.exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_tensorboard_event_file_exists(tmp_path):
+    w = _writer(tmp_path)
+    w.write(1, {"loss": 1.0})
+    w.close()
+    events = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+    assert events and os.path.getsize(events[0]) > 0
+
+
+def test_report_table_is_aligned_and_saved(tmp_path, capsys):
+    w = _writer(tmp_path)
+    text = w.report(
+        "Final report",
+        [("kNN top-1", "91.2", "80.1"), ("linear top-1", "92.0", "35.5")],
+        ("metric", "SSL", "random init"),
+    )
+    w.close()
+    lines = text.splitlines()
+    assert lines[0] == "Final report"
+    assert lines[1] == "metric       | SSL  | random init"
+    assert lines[3] == "kNN top-1    | 91.2 | 80.1"
+    assert lines[4] == "linear top-1 | 92.0 | 35.5"
+    assert "kNN top-1" in capsys.readouterr().out
+    assert (tmp_path / "report.txt").read_text() == text
+
+
+def test_plots_are_png(tmp_path):
+    w = _writer(tmp_path)
+    for s in range(1, 4):
+        w.write(s, {"loss": 1.0 / s, "lr": 0.1, "knn_top1": 10.0 * s, "other": 1.0})
+    w.write(4, {"collapse/std": 0.5, "linear_top1": 50.0})
+    paths = w.plots()
+    w.close()
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == ["collapse_std.png", "knn_top1.png", "linear_top1.png", "loss.png", "lr.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+
+
+def test_progress_plain_lines_when_not_a_tty(tmp_path, capsys):
+    w = _writer(tmp_path)
+    w.progress(10, {"loss": 3.14159, "lr": 0.03})
+    w.progress(20, {"loss": 2.5, "lr": 0.03})
+    w.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "\r" not in "".join(lines)
+    assert lines[0].startswith("step 10/100 | epoch 1.00 | loss 3.142 | lr 0.03")
+    assert "step 20/100 | epoch 2.00" in lines[1]
+    assert "img/s" in lines[1] and "ETA 0:" in lines[1]
