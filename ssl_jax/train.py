@@ -172,7 +172,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     base_key = parallel.replicate(base_key, mesh)
 
     ckpt = Checkpointer(
-        workdir, every_steps=config.ckpt.every_steps, keep=config.ckpt.keep,
+        workdir,
+        every_steps=config.ckpt.every_steps,
+        keep=config.ckpt.keep,
         async_save=config.ckpt.async_save,
     )
     state = setup.init(init_key)

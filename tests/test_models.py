@@ -9,7 +9,7 @@ import pytest
 from ssl_jax.models import make_backbone
 from ssl_jax.models.encoder import Encoder, make_encoder
 from ssl_jax.models.heads import MLPHead
-from ssl_jax.models.resnet import BatchNorm
+from ssl_jax.models.resnet import BasicBlock, BatchNorm, Bottleneck
 
 EPS = 1e-5
 
@@ -74,6 +74,19 @@ def test_batchnorm_groups_one_is_global_batch_norm():
     np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * x.var(0, ddof=1), rtol=1e-5)
 
 
+def test_batchnorm_groups_same_on_sharded_batch():
+    # Global-view semantics: splitting the batch over 8 devices changes nothing.
+    x = jax.random.normal(jax.random.key(3), (16, 2, 2, 3))
+    bn = BatchNorm(groups=4)
+    variables = bn.init(jax.random.key(0), x, train=True)
+    apply = jax.jit(lambda v, x: bn.apply(v, x, train=True, mutable=["batch_stats"]))
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P("data")))
+    (y1, s1), (y8, s8) = apply(variables, x), apply(variables, sharded)
+    np.testing.assert_allclose(y1, y8, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s1, s8)
+
+
 def test_batchnorm_eval_uses_running_stats():
     bn = BatchNorm()
     x = jnp.arange(12.0).reshape(4, 3)
@@ -128,13 +141,13 @@ def test_resnet_cifar_stem_is_3x3_without_pool():
 
 def test_resnet_imagenet_stem_downsamples_32x():
     module = make_backbone(model_config("resnet_tiny", "imagenet"))
-    x = jnp.ones((2, 64, 64, 3))
-    variables = module.init(jax.random.key(0), x, train=False)
-    _, state = module.apply(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+    capture = lambda v, x: module.apply(
+        v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
-    last = state["intermediates"]["layer4_0"]["__call__"][0]
-    assert last.shape == (2, 2, 2, 128)
+    _, state = jax.eval_shape(capture, variables, x)
+    assert state["intermediates"]["layer4_0"]["__call__"][0].shape == (2, 2, 2, 128)
 
 
 def test_unknown_backbone_lists_valid_names():
@@ -142,14 +155,19 @@ def test_unknown_backbone_lists_valid_names():
         make_backbone(model_config("resnet99"))
 
 
-def test_zero_init_residual_zeroes_last_bn_gamma():
-    cfg = model_config("resnet_tiny")
+@pytest.mark.parametrize("block, last", [(BasicBlock, "bn2"), (Bottleneck, "bn3")])
+def test_zero_init_residual_zeroes_last_bn_gamma(block, last):
+    module = block(features=4, strides=2, zero_init_residual=True)
+    params = module.init(jax.random.key(0), jnp.ones((2, 4, 4, 8)), train=False)["params"]
+    np.testing.assert_array_equal(params[last]["scale"], 0.0)
+    np.testing.assert_array_equal(params["bn1"]["scale"], 1.0)
+    np.testing.assert_array_equal(params["downsample_bn"]["scale"], 1.0)
+
+
+def test_make_backbone_passes_zero_init_residual():
+    cfg = model_config()
     cfg.zero_init_residual = True
-    variables = make_backbone(cfg).init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
-    block = variables["params"]["layer2_0"]
-    np.testing.assert_array_equal(block["bn2"]["scale"], 0.0)
-    np.testing.assert_array_equal(block["bn1"]["scale"], 1.0)
-    np.testing.assert_array_equal(block["downsample_bn"]["scale"], 1.0)
+    assert make_backbone(cfg).zero_init_residual
 
 
 def test_resnet_bn_groups_reach_every_batchnorm():
@@ -215,15 +233,35 @@ def test_head_unknown_last_bn():
         init_head(last_bn="center")
 
 
+@pytest.fixture(scope="module")
+def encoder_variables():
+    # Parameters are float32 whatever the compute dtype, so one init serves both dtypes.
+    # The 'rbg' key compiles several times faster than threefry on CPU.
+    key = jax.random.key(1, impl="rbg")
+    init = jax.jit(lambda x: make_encoder(model_config()).init(key, x, train=False))
+    return init(jnp.ones((4, 16, 16, 3)))
+
+
+def test_encoder_params_split_into_backbone_and_head(encoder_variables):
+    assert set(encoder_variables["params"]) == {"backbone", "head"}
+    leaves = jax.tree.leaves(encoder_variables["params"])
+    assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.float32)}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_encoder_outputs_float32_and_embed(dtype):
+def test_encoder_outputs_float32(encoder_variables, dtype):
     model = make_encoder(model_config(dtype=dtype))
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
-    variables = model.init(jax.random.key(1), x, train=False)
-    assert set(variables["params"]) == {"backbone", "head"}
-    assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
-    out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    out, _ = apply(encoder_variables, x)
     assert out["embedding"].shape == (4, 128) and out["embedding"].dtype == jnp.float32
     assert out["projection"].shape == (4, 8) and out["projection"].dtype == jnp.float32
-    emb = model.apply(variables, x, method=Encoder.embed)
-    assert emb.shape == (4, 128) and emb.dtype == jnp.float32
+
+
+def test_encoder_embed_is_backbone_in_eval_mode(encoder_variables):
+    model = make_encoder(model_config())
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    embed = jax.jit(lambda v, x: model.apply(v, x, method=Encoder.embed))
+    backbone_vars = {k: v["backbone"] for k, v in encoder_variables.items()}
+    backbone = jax.jit(lambda v, x: model.backbone.apply(v, x, train=False))
+    np.testing.assert_allclose(embed(encoder_variables, x), backbone(backbone_vars, x), atol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 
 from ssl_jax.optim import decay_mask, make_optimizer, scaled_lr
 
-LRS = [0.5, 0.3, 0.1, 0.05]  # a changing lr, to pin where the lr enters the momentum
+LRS = (0.5, 0.3, 0.1, 0.05)  # a changing lr, to pin where the lr enters the momentum
 
 
 def optim_config(name, **overrides):
@@ -43,7 +43,7 @@ def toy_grads(step):
     return jax.tree.map(lambda p: rng.normal(size=p.shape), toy_params())
 
 
-def run_optax(cfg, steps=len(LRS)):
+def run_optax(cfg, steps=4):
     schedule = lambda count: jnp.asarray(LRS)[count]
     opt = make_optimizer(cfg, schedule)
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), toy_params())
@@ -55,14 +55,14 @@ def run_optax(cfg, steps=len(LRS)):
     return params
 
 
-def run_numpy(step_fn, cfg, steps=len(LRS)):
+def run_numpy(step_fn, cfg, steps=4):
     params = toy_params()
     mask = decay_mask(params)
     buf = jax.tree.map(np.zeros_like, params)
     for step in range(steps):
         grads = toy_grads(step)
         out = jax.tree.map(
-            lambda w, g, b, decay: step_fn(w, g, b, decay, LRS[step], cfg),
+            lambda w, g, b, decay, lr=LRS[step]: step_fn(w, g, b, decay, lr, cfg),
             params,
             grads,
             buf,

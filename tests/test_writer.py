@@ -100,3 +100,13 @@ def test_progress_plain_lines_when_not_a_tty(tmp_path, capsys):
     assert lines[0].startswith("step 10/100 | epoch 1.00 | loss 3.142 | lr 0.03")
     assert "step 20/100 | epoch 2.00" in lines[1]
     assert "img/s" in lines[1] and "ETA 0:" in lines[1]
+
+
+def test_progress_rewrites_one_line_on_a_tty(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    w = _writer(tmp_path)
+    w.progress(1, {"loss": 1.0})
+    w.progress(2, {"loss": 0.9})
+    w.close()
+    out = capsys.readouterr().out
+    assert out.count("\r") == 2 and out.count("\n") == 1 and out.endswith("\n")

@@ -60,16 +60,23 @@ class Evaluator:
         cfg = self.config.evals
         return float(
             knn_accuracy(
-                train_x, train_y, test_x, test_y,
+                train_x,
+                train_y,
+                test_x,
+                test_y,
                 num_classes=_num_classes(train_y, test_y),
-                k=cfg.knn_k, temperature=cfg.knn_temperature,
+                k=cfg.knn_k,
+                temperature=cfg.knn_temperature,
             )
         )
 
     def _linear(self, train_x, train_y, test_x, test_y) -> float:
         cfg = self.config.evals
         result = linear_probe(
-            train_x, train_y, test_x, test_y,
+            train_x,
+            train_y,
+            test_x,
+            test_y,
             num_classes=_num_classes(train_y, test_y),
             epochs=cfg.linear_epochs,
             batch_size=cfg.linear_batch_size,

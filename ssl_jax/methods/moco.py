@@ -128,7 +128,11 @@ def loss_fn(params, state, batch, rng, *, model, config):
     for i, (qi, ki) in enumerate(pairs):
         q, batch_stats = _query(model, params, batch_stats, views[:, qi])
         k, target_stats = _key(
-            model, target_params, target_stats, views[:, ki], jax.random.fold_in(rng, i),
+            model,
+            target_params,
+            target_stats,
+            views[:, ki],
+            jax.random.fold_in(rng, i),
             cfg.shuffle_keys,
         )
         pair_loss, logits = losses.info_nce(q, k, queue, cfg.temperature)

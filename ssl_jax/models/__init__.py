@@ -1,7 +1,8 @@
 """Backbone registry: ``model.backbone`` name -> Linen module.
 
 ``resnet_tiny`` is our CPU variant for tests and smoke runs: the torchvision layout with
-one BasicBlock per stage and widths 16-32-64-128 (D=128, about 0.17M parameters).
+one BasicBlock per stage and widths 16-32-64-128 (D=128; 307,536 parameters with the
+cifar stem).
 """
 
 from __future__ import annotations
