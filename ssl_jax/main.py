@@ -14,7 +14,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,6 +42,8 @@ def _config_from_workdir(workdir: str):
 
 
 def _main(argv: list[str]) -> None:
+    # orbax and TF log every save at INFO; the progress display is the run's voice.
+    logging.set_verbosity(logging.WARNING)
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in COMMANDS:
         raise app.UsageError(

@@ -27,8 +27,8 @@ from jax.sharding import Mesh
 from ssl_jax import methods, optim, parallel, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import pipeline
-from ssl_jax.state import TrainState
 from ssl_jax.evaluate.runner import Evaluator
+from ssl_jax.state import TrainState
 from ssl_jax.writer import MetricWriter
 
 
@@ -75,6 +75,8 @@ def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
             loss=loss,
             lr=lr_fn(state.step),
             grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(params),  # of the updated params: a finite
+            # value here is what makes the next checkpoint safe to write
             collapse_std=jnp.mean(jnp.std(aux["embeddings"], axis=0)),
             **aux["metrics"],
         )
@@ -145,7 +147,7 @@ class _MetricBuffer:
         latest = {}
         for step, metrics in self._pending:
             values = {k: parallel.host_scalar(v) for k, v in metrics.items()}
-            for name in ("loss", "grad_norm"):
+            for name in ("loss", "grad_norm", "param_norm"):
                 if not np.isfinite(values[name]):
                     where = (
                         f"the last good checkpoint is step {last_good_step}"
@@ -153,7 +155,8 @@ class _MetricBuffer:
                         else "no checkpoint was written yet"
                     )
                     raise DivergenceError(
-                        f"{name} is {values[name]} at step {step}; stopping ({where}). "
+                        f"{name} is {values[name]} in the update at step {step}; stopping "
+                        f"({where}). "
                         "Lower optim.lr or check the input data."
                     )
             latest = values
@@ -202,26 +205,30 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     evaluator = Evaluator(config, setup.model, mesh)
     buffer = _MetricBuffer()
-    with jax.set_mesh(mesh):
-        for step in range(start_step, setup.total_steps):
-            batch = parallel.to_global(next(batches), mesh)
-            state, metrics = setup.update(state, batch, base_key)
-            buffer.add(step, metrics)
-            done = step + 1
-            is_last = done == setup.total_steps
-            if done % config.log_every_steps == 0 or is_last:
-                values = buffer.flush(last_good)
-                writer.write(done, values)
-                writer.progress(done, values)
-            knn_every = config.evals.knn_every_steps
-            if knn_every and done % knn_every == 0 and not is_last:
-                writer.write(done, evaluator.knn(state, prefix="knn"))
-            if done % config.ckpt.every_steps == 0 or is_last:
-                buffer.flush(last_good)  # never checkpoint a diverged state
-                if ckpt.save(done, state, force=is_last):
-                    last_good = done
-        ckpt.wait()
-        report = evaluator.final_report(state, setup.init(init_key), writer)
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start_step, setup.total_steps):
+                batch = parallel.to_global(next(batches), mesh)
+                state, metrics = setup.update(state, batch, base_key)
+                buffer.add(step, metrics)
+                done = step + 1
+                is_last = done == setup.total_steps
+                if done % config.log_every_steps == 0 or is_last:
+                    values = buffer.flush(last_good)
+                    writer.write(done, values)
+                    writer.progress(done, values)
+                knn_every = config.evals.knn_every_steps
+                if knn_every and done % knn_every == 0 and not is_last:
+                    writer.write(done, evaluator.knn(state, prefix="knn"))
+                if done % config.ckpt.every_steps == 0 or is_last:
+                    buffer.flush(last_good)  # never checkpoint a diverged state
+                    if ckpt.save(done, state, force=is_last):
+                        last_good = done
+            ckpt.wait()
+            report = evaluator.final_report(state, setup.init(init_key), writer)
+    finally:
+        ckpt.close()  # lets an async save finish even when training stops on an error
+        writer.close()
     report.update(
         steps=setup.total_steps,
         wall_time_s=round(time.time() - start_time, 1),
@@ -232,8 +239,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         report["plots"] = writer.plots()
-    writer.close()
-    ckpt.close()
     return report
 
 

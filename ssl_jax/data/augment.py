@@ -1,0 +1,371 @@
+"""Per-view image augmentation in TensorFlow, with stateless randomness.
+
+Every random draw comes from ``tf.random.stateless_*`` keyed by an explicit seed, so an
+example's augmentation is a pure function of ``(seed, epoch, position)`` (the pipeline builds
+that seed). This is what makes a resumed run see exactly the images of an uninterrupted run.
+Each operation gets its own sub-seed (``stateless_split``), so switching one op off or changing
+its probability does not change the randomness of the others.
+
+``augment`` applies, in this order (SimCLR / MoCo v2 order):
+
+1. random resized crop with torchvision semantics (10 tries of area ~ U(crop_scale) and
+   log-uniform aspect ratio, else a center crop clamped to ``crop_ratio``), resized to S x S;
+2. horizontal flip with ``flip_p``;
+3. colour jitter with ``jitter_p``: brightness, contrast, saturation, hue in a random order
+   (torchvision ColorJitter, SimCLR ``color_jitter_rand``), each factor ~ U[1-s, 1+s];
+4. grayscale with ``grayscale_p`` (ITU-R 601 luma, as torchvision and tf.image);
+5. Gaussian blur with ``blur_p``: sigma ~ U(blur_sigma), separable kernel of 2*(S//10//2)+1
+   taps (SimCLR's ``height // 10``), reflect padding (torchvision) instead of SimCLR's zeros;
+6. solarize with ``solarize_p`` (x -> 1 - x where x >= 0.5, BYOL).
+
+Differences from the references: MoCo v1 applies grayscale before colour jitter; here jitter
+always comes first (jitter on an already-gray image would change only brightness/contrast, so
+the distributions differ only slightly). Resizing is bilinear with antialiasing (PIL-like),
+not SimCLR's bicubic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+import tensorflow as tf
+
+AUGMENT_KEYS = (
+    "crop_scale",
+    "crop_ratio",
+    "flip_p",
+    "jitter_p",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale_p",
+    "blur_p",
+    "blur_sigma",
+    "solarize_p",
+)
+_PROBABILITY_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
+_RANGE_KEYS = ("crop_scale", "crop_ratio", "blur_sigma")
+_CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
+
+# ----------------------------------------------------------------------------- recipes
+
+# torchvision defaults, used where a recipe does not say otherwise.
+_DEFAULTS = dict(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter_p=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
+    grayscale_p=0.0,
+    blur_p=0.0,
+    blur_sigma=(0.1, 2.0),
+    solarize_p=0.0,
+)
+
+
+def _simclr_strength(s: float) -> dict[str, float]:
+    # SimCLR tf2/data_util.py color_jitter: (0.8s, 0.8s, 0.8s, 0.2s), applied with p=0.8.
+    return dict(jitter_p=0.8, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # MoCo v1 (He et al. 2019, arXiv:1911.05722), facebookresearch/moco main_moco.py without
+    # --aug-plus (InstDisc's augmentation): RandomResizedCrop(scale=(0.2, 1)),
+    # RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4) always, RandomHorizontalFlip.
+    "moco_v1": dict(
+        crop_scale=(0.2, 1.0),
+        jitter_p=1.0,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.4,
+        grayscale_p=0.2,
+    ),
+    # MoCo v2 (Chen et al. 2020, arXiv:2003.04297), main_moco.py --aug-plus:
+    # RandomResizedCrop(scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
+    # RandomGrayscale(0.2), GaussianBlur(sigma in [0.1, 2]) p=0.5, RandomHorizontalFlip.
+    "moco_v2": dict(
+        crop_scale=(0.2, 1.0),
+        jitter_p=0.8,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        grayscale_p=0.2,
+        blur_p=0.5,
+        blur_sigma=(0.1, 2.0),
+    ),
+    # SimCLR (Chen et al. 2020, arXiv:2002.05709) ImageNet, google-research/simclr
+    # tf2/data_util.py: crop area (0.08, 1), aspect (3/4, 4/3), flip, colour strength s=1
+    # (0.8, 0.8, 0.8, 0.2) p=0.8, grayscale 0.2, blur p=0.5 with sigma ~ U(0.1, 2.0).
+    "simclr": dict(
+        crop_scale=(0.08, 1.0),
+        **_simclr_strength(1.0),
+        grayscale_p=0.2,
+        blur_p=0.5,
+        blur_sigma=(0.1, 2.0),
+    ),
+    # SimCLR CIFAR-10 command of the simclr README: --color_jitter_strength=0.5
+    # --use_blur=False (paper appendix B.9: no blur on CIFAR).
+    "simclr_cifar": dict(crop_scale=(0.08, 1.0), **_simclr_strength(0.5), grayscale_p=0.2),
+    # MoCo CIFAR-10 demo, facebookresearch/moco colab/moco_cifar10_demo.ipynb:
+    # RandomResizedCrop(32) (default scale (0.08, 1)), flip 0.5, ColorJitter(0.4, 0.4, 0.4,
+    # 0.1) p=0.8, RandomGrayscale(0.2), no blur. (Numerically equal to simclr_cifar.)
+    "moco_cifar": dict(
+        crop_scale=(0.08, 1.0),
+        jitter_p=0.8,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        grayscale_p=0.2,
+    ),
+    # Our own mild recipe for the 8x8 sklearn digits (no paper uses them):
+    # * no flip: a mirrored 2, 3, 7 or 9 is no longer that digit;
+    # * crop area (0.5, 1): an 8x8 digit cropped to 8% of its area is a few pixels of stroke;
+    # * brightness/contrast 0.4 with p=0.8 as in MoCo v2; saturation, hue and grayscale are
+    #   no-ops on gray images, and blur at 8 px (kernel 8//10 -> 1 tap) would be identity.
+    "digits": dict(
+        crop_scale=(0.5, 1.0),
+        flip_p=0.0,
+        jitter_p=0.8,
+        brightness=0.4,
+        contrast=0.4,
+    ),
+}
+
+
+def recipe(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """The keyed augmentation config of a paper recipe, optionally with some keys changed."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {name!r}; valid: {', '.join(RECIPES)}")
+    unknown = sorted(set(overrides) - set(AUGMENT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown augmentation key(s) {unknown}; valid: {', '.join(AUGMENT_KEYS)}")
+    cfg = ml_collections.ConfigDict({**_DEFAULTS, **RECIPES[name], **overrides})
+    check_augment_config(cfg, where=f"recipe {name!r}")
+    return cfg
+
+
+def check_augment_config(cfg: Mapping[str, Any], where: str = "augmentation") -> None:
+    """Fails naming the key and value of a missing, unknown or out-of-range parameter."""
+    keys = set(cfg.keys())
+    if missing := sorted(set(AUGMENT_KEYS) - keys):
+        raise ValueError(f"{where}: missing augmentation key(s) {missing}")
+    if unknown := sorted(keys - set(AUGMENT_KEYS)):
+        raise ValueError(f"{where}: unknown augmentation key(s) {unknown}; valid: {AUGMENT_KEYS}")
+    for key in _PROBABILITY_KEYS:
+        if not 0.0 <= cfg[key] <= 1.0:
+            raise ValueError(f"{where}: {key}={cfg[key]} is not a probability in [0, 1]")
+    for key in _RANGE_KEYS:
+        lo, hi = cfg[key]
+        if not 0 < lo <= hi:
+            raise ValueError(f"{where}: {key}={tuple(cfg[key])} must satisfy 0 < lo <= hi")
+    for key in ("brightness", "contrast", "saturation"):
+        if cfg[key] < 0:
+            raise ValueError(f"{where}: {key}={cfg[key]} must be >= 0")
+    if not 0 <= cfg["hue"] <= 0.5:
+        raise ValueError(f"{where}: hue={cfg['hue']} must be in [0, 0.5]")
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def _uniform(seed: tf.Tensor, lo: float, hi: float, shape=()) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed, minval=lo, maxval=hi)
+
+
+def _maybe(seed: tf.Tensor, p: float, fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor):
+    """``fn(x)`` with probability ``p``; p=0 / p=1 are decided when tracing (no cond)."""
+    if p <= 0.0:
+        return x
+    if p >= 1.0:
+        return fn(x)
+    return tf.cond(_uniform(seed, 0.0, 1.0) < p, lambda: fn(x), lambda: x)
+
+
+def _crop_window(seed, height, width, scale, ratio):
+    """torchvision RandomResizedCrop.get_params: ``(top, left, h, w)`` as int32 scalars."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = _uniform(seeds[0], scale[0], scale[1], [_CROP_TRIES]) * h_f * w_f
+    log_ratio = _uniform(seeds[1], math.log(ratio[0]), math.log(ratio[1]), [_CROP_TRIES])
+    aspect = tf.exp(log_ratio)
+    w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)  # [tries]
+    h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # first try that fits
+    h_try, w_try = h[first], w[first]
+    u = _uniform(seeds[2], 0.0, 1.0, [2])
+    top_try = tf.cast(tf.floor(u[0] * tf.cast(height - h_try + 1, tf.float32)), tf.int32)
+    left_try = tf.cast(tf.floor(u[1] * tf.cast(width - w_try + 1, tf.float32)), tf.int32)
+
+    # Fallback: the whole image, narrowed to the nearest allowed aspect ratio, centred.
+    in_ratio = w_f / h_f
+    w_fb = tf.where(
+        in_ratio > ratio[1], tf.cast(tf.round(h_f * ratio[1]), tf.int32), tf.cast(width, tf.int32)
+    )
+    h_fb = tf.where(
+        in_ratio < ratio[0], tf.cast(tf.round(w_f / ratio[0]), tf.int32), tf.cast(height, tf.int32)
+    )
+    ok = tf.reduce_any(fits)
+    h_out = tf.where(ok, h_try, h_fb)
+    w_out = tf.where(ok, w_try, w_fb)
+    top = tf.where(ok, top_try, (height - h_fb) // 2)
+    left = tf.where(ok, left_try, (width - w_fb) // 2)
+    return top, left, h_out, w_out
+
+
+def _resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor) -> tf.Tensor:
+    # Antialiased bilinear ~ PIL's resize used by torchvision; works on uint8, returns float.
+    return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+
+def random_resized_crop(
+    image: tf.Tensor, seed: tf.Tensor, image_size: int, scale, ratio
+) -> tf.Tensor:
+    """uint8 ``[H,W,3]`` -> float32 ``[S,S,3]`` in 0..1."""
+    shape = tf.shape(image)
+    top, left, h, w = _crop_window(seed, shape[0], shape[1], scale, ratio)
+    crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, 3]))
+    out = _resize(crop, (image_size, image_size)) / 255.0
+    return tf.clip_by_value(tf.ensure_shape(out, [image_size, image_size, 3]), 0.0, 1.0)
+
+
+def _gray(x: tf.Tensor) -> tf.Tensor:
+    return tf.image.rgb_to_grayscale(x)  # [H, W, 1], ITU-R 601 luma
+
+
+def to_grayscale(x: tf.Tensor) -> tf.Tensor:
+    return tf.tile(_gray(x), [1, 1, 3])
+
+
+def _blend(x: tf.Tensor, other: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    # torchvision's _blend: factor * x + (1 - factor) * other, clamped.
+    return tf.clip_by_value(factor * x + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _factor(seed: tf.Tensor, strength: float) -> tf.Tensor:
+    return _uniform(seed, max(0.0, 1.0 - strength), 1.0 + strength)
+
+
+def color_jitter(
+    x: tf.Tensor,
+    seed: tf.Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> tf.Tensor:
+    """torchvision ColorJitter on float 0..1: the four adjustments in a random order."""
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    ops = []
+    if brightness > 0:
+        ops.append(lambda x: _blend(x, tf.zeros_like(x), _factor(seeds[0], brightness)))
+    if contrast > 0:
+        ops.append(lambda x: _blend(x, tf.reduce_mean(_gray(x)), _factor(seeds[1], contrast)))
+    if saturation > 0:
+        ops.append(lambda x: _blend(x, _gray(x), _factor(seeds[2], saturation)))
+    if hue > 0:
+        ops.append(
+            lambda x: tf.clip_by_value(tf.image.adjust_hue(x, _uniform(seeds[3], -hue, hue)), 0, 1)
+        )
+    if not ops:
+        return x
+    order = tf.argsort(_uniform(seeds[4], 0.0, 1.0, [len(ops)]))  # a random permutation
+    for k in range(len(ops)):
+        x = tf.switch_case(order[k], [lambda op=op, x=x: op(x) for op in ops])
+        x = tf.ensure_shape(x, [None, None, 3])
+    return x
+
+
+def blur_radius(image_size: int) -> int:
+    """SimCLR: kernel_size = height // 10, radius = kernel_size // 2 (23 taps at 224)."""
+    return (image_size // 10) // 2
+
+
+def gaussian_blur(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur of ``[H,W,3]`` with ``2*radius+1`` taps, reflect padding."""
+    if radius <= 0:
+        return x
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-(taps**2) / (2.0 * sigma**2))
+    kernel = kernel / tf.reduce_sum(kernel)
+    k = 2 * radius + 1
+    channels = 3
+    kernel_v = tf.tile(tf.reshape(kernel, [k, 1, 1, 1]), [1, 1, channels, 1])
+    kernel_h = tf.tile(tf.reshape(kernel, [1, k, 1, 1]), [1, 1, channels, 1])
+    padded = tf.pad(x[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    out = tf.nn.depthwise_conv2d(padded, kernel_h, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, kernel_v, [1, 1, 1, 1], "VALID")
+    return out[0]
+
+
+def solarize(x: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    return tf.where(x < threshold, x, 1.0 - x)
+
+
+def augment(
+    image: tf.Tensor, seed: tf.Tensor, cfg: Mapping[str, Any], image_size: int
+) -> tf.Tensor:
+    """One augmented view: uint8 ``[H,W,3]`` -> float32 ``[S,S,3]`` in 0..1.
+
+    ``seed`` is a ``[2]`` int tensor; the result is a pure function of (image, seed, cfg).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 9)  # one row per random decision
+    x = random_resized_crop(image, seeds[0], image_size, cfg["crop_scale"], cfg["crop_ratio"])
+    x = _maybe(seeds[1], cfg["flip_p"], lambda x: tf.reverse(x, axis=[1]), x)
+    jitter = lambda x: color_jitter(
+        x, seeds[3], cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"]
+    )
+    x = _maybe(seeds[2], cfg["jitter_p"], jitter, x)
+    x = _maybe(seeds[4], cfg["grayscale_p"], to_grayscale, x)
+    radius = blur_radius(image_size)
+    if radius > 0:
+        lo, hi = cfg["blur_sigma"]
+        blur = lambda x: gaussian_blur(x, _uniform(seeds[6], lo, hi), radius)
+        x = _maybe(seeds[5], cfg["blur_p"], blur, x)
+    x = _maybe(seeds[7], cfg["solarize_p"], solarize, x)
+    return tf.clip_by_value(tf.ensure_shape(x, [image_size, image_size, 3]), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- eval + norm
+
+
+def eval_preprocess(image: tf.Tensor, image_size: int, crop_fraction: float) -> tf.Tensor:
+    """Deterministic eval view: uint8 ``[H,W,3]`` -> float32 ``[S,S,3]`` in 0..1.
+
+    ``crop_fraction < 1``: ImageNet style, resize the shorter side to ``S / crop_fraction``
+    (256 for 224 at 0.875) and take the central S x S. ``crop_fraction == 1``: resize the
+    whole image to S x S (CIFAR/digits, whose images are already the training size).
+    """
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"eval_crop_fraction={crop_fraction} must be in (0, 1]")
+    if crop_fraction >= 1.0:
+        out = _resize(image, (image_size, image_size))
+    else:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        short = round(image_size / crop_fraction)
+        # torchvision Resize(int): the long side is truncated, not rounded.
+        new = tf.cast(tf.floor(shape * short / tf.reduce_min(shape)), tf.int32)
+        new = tf.maximum(new, short)  # guards against float error on the short side
+        resized = _resize(image, new)
+        top = tf.cast(tf.round(tf.cast(new[0] - image_size, tf.float32) / 2.0), tf.int32)
+        left = tf.cast(tf.round(tf.cast(new[1] - image_size, tf.float32) / 2.0), tf.int32)
+        out = tf.slice(resized, tf.stack([top, left, 0]), [image_size, image_size, 3])
+    out = tf.ensure_shape(out / 255.0, [image_size, image_size, 3])
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def normalize(x: tf.Tensor, mean, std) -> tf.Tensor:
+    """``(x - mean) / std`` per channel; mean and std are on the 0..1 scale."""
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (x - mean) / std

@@ -1,0 +1,308 @@
+"""tf.data input pipelines: pre-training views and evaluation batches, as NumPy.
+
+Pre-training (``pretrain_iterator``) is deterministic for a seed and resumable exactly:
+
+* Random-access sources (digits, npz, folder): epoch ``e``'s global order is a seeded
+  permutation of all indices (``tf.random.experimental.index_shuffle``, O(1) per index, no
+  array of N indices per epoch). Global batch ``t`` of the epoch is ``order[t*B:(t+1)*B]``;
+  process ``p`` takes the contiguous slice ``p`` of it, so the global batch does not depend on
+  the process count. Resuming at step ``s`` simply starts the step counter at ``s``: nothing
+  before it is read, decoded or augmented.
+* Streaming tfds sources: each process reads its own even share of the split
+  (``tfds.split_for_jax_process``), shuffles files and a buffer with a per-epoch seed, and a
+  resume skips the first ``offset * local_batch`` still-encoded records of its epoch. Here the
+  global batch does depend on the process count (each process shuffles only its share).
+
+Augmentation randomness is keyed by the *global sample number* ``g = step * B + row`` (row in
+the global batch), folded into the seed, so it is a pure function of (seed, epoch, position)
+and identical however many processes share the batch.
+
+``steps_per_epoch`` drops the remainder (``N // B``), the same on every process. Every process
+of a tfds source holds at least ``floor(N / P) >= steps * B / P`` examples, so all processes
+run the same number of steps, as SPMD needs.
+
+Evaluation (``eval_iterator``) visits every example exactly once in a fixed order; the last
+batch is zero-padded with ``mask=False`` and every process yields the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_jax.data import augment as aug
+from ssl_jax.data import views as views_lib
+from ssl_jax.data.sources import Source, hide_accelerators_from_tf, load_source
+
+hide_accelerators_from_tf()
+
+Batch = dict[str, np.ndarray]
+_AUTOTUNE = tf.data.AUTOTUNE
+# Purpose tags folded into the user seed so the shuffle and the augmentations never share
+# random streams.
+_SHUFFLE_TAG = 0
+_AUGMENT_TAG = 1
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+def _source(input_cfg: Any, split: str) -> Source:
+    return load_source(input_cfg.dataset, split, input_cfg.get("data_dir"))
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    """``global_batch_size // process_count``, or fails naming both numbers."""
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of the "
+            f"process count {process_count}"
+        )
+    return global_batch_size // process_count
+
+
+def steps_per_epoch(input_cfg: Any, process_count: int = 1) -> int:
+    """Full global batches per epoch of ``input.train_split`` (remainder dropped)."""
+    source = _source(input_cfg, input_cfg.train_split)
+    batch = input_cfg.global_batch_size
+    local_batch_size(batch, process_count)
+    if source.num_examples < batch:
+        raise ValueError(
+            f"data set {source.name!r} split {source.split!r} has {source.num_examples} "
+            f"examples, fewer than one global batch of {batch}; lower "
+            "input.global_batch_size or use more data"
+        )
+    return source.num_examples // batch
+
+
+def num_eval_examples(input_cfg: Any, split: str) -> int:
+    """Number of (real, unpadded) examples ``eval_iterator`` yields over all processes."""
+    return _source(input_cfg, split).num_examples
+
+
+def eval_num_batches(
+    input_cfg: Any, split: str, *, global_batch_size: int, process_count: int = 1
+) -> int:
+    """Batches ``eval_iterator`` yields on each process (equal on all processes)."""
+    source = _source(input_cfg, split)
+    local = local_batch_size(global_batch_size, process_count)
+    if source.random_access:
+        return math.ceil(source.num_examples / global_batch_size)
+    # Streaming: each process has its own share; pad everyone to the largest share.
+    shares = [source.process_num_examples(q, process_count) for q in range(process_count)]
+    return max(math.ceil(n / local) for n in shares)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _seed_pair(seed: int, tag: int) -> tf.Tensor:
+    return tf.constant([seed % 2**63, tag], tf.int64)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A Python int seed for tfds/tf.data shuffles of one epoch (SeedSequence is stable)."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1)[0])
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    # Parallelism comes from the parallel map; one op thread each avoids oversubscription.
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def _finish(ds: tf.data.Dataset, local_batch: int, input_cfg: Any) -> Iterator[Batch]:
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.prefetch(input_cfg.get("prefetch", _AUTOTUNE))
+    return ds.with_options(_options()).as_numpy_iterator()
+
+
+def _make_example_fn(input_cfg: Any, seed: int):
+    """``(image, label, g) -> {'views', 'label'}`` with g the global sample number."""
+    views_cfg = input_cfg.views
+    views_lib.check_views_config(views_cfg)
+    augment_key = _seed_pair(seed, _AUGMENT_TAG)
+
+    def example(image: tf.Tensor, label: tf.Tensor, g: tf.Tensor) -> dict[str, tf.Tensor]:
+        example_seed = tf.random.experimental.stateless_fold_in(augment_key, g)
+        views = views_lib.make_views(
+            image,
+            example_seed,
+            views_cfg,
+            image_size=input_cfg.image_size,
+            mean=input_cfg.mean,
+            std=input_cfg.std,
+        )
+        return {"views": views, "label": tf.cast(label, tf.int32)}
+
+    # A tf.function is traced once per image signature and then reused by every per-epoch
+    # pipeline of a streaming source instead of re-tracing the augmentation graph.
+    return tf.function(example)
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+def _random_access_pretrain(
+    source: Source,
+    input_cfg: Any,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    steps: int,
+) -> tf.data.Dataset:
+    n = source.num_examples
+    batch = input_cfg.global_batch_size
+    local = local_batch_size(batch, process_count)
+    row0 = process_index * local  # this process's first row of every global batch
+    shuffle_key = _seed_pair(seed, _SHUFFLE_TAG)
+    example = _make_example_fn(input_cfg, seed)
+
+    def step_rows(t: tf.Tensor):
+        rows = row0 + tf.range(local, dtype=tf.int64)  # [local]
+        epoch_key = tf.random.experimental.stateless_fold_in(shuffle_key, t // steps)
+        position = (t % steps) * batch + rows  # position in the epoch's order
+        index = tf.random.experimental.index_shuffle(
+            position, tf.cast(epoch_key, tf.int64), tf.constant(n - 1, tf.int64)
+        )
+        return index, t * batch + rows  # [local], [local]
+
+    def load(index: tf.Tensor, g: tf.Tensor):
+        ex = source.get(index)
+        return example(ex["image"], ex["label"], g)
+
+    ds = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(step_rows).unbatch()
+    return ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+
+
+def _stream_pretrain(
+    source: Source,
+    input_cfg: Any,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    steps: int,
+) -> Iterator[Batch]:
+    batch = input_cfg.global_batch_size
+    local = local_batch_size(batch, process_count)
+    row0 = process_index * local
+    example = _make_example_fn(input_cfg, seed)
+    epoch, offset = divmod(start_step, steps)
+    while True:
+        epoch_seed = _epoch_seed(seed, epoch)
+        ds = source.stream(
+            shuffle_seed=epoch_seed, process_index=process_index, process_count=process_count
+        )
+        ds = ds.shuffle(input_cfg.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        # Equal steps on every process; skip before decoding so a resume is cheap.
+        ds = ds.take(steps * local).skip(offset * local).enumerate(start=offset * local)
+        first_step = epoch * steps
+
+        def load(j: tf.Tensor, ex: dict[str, tf.Tensor], first_step: int = first_step):
+            g = (first_step + j // local) * batch + row0 + j % local
+            return example(source.decode(ex)["image"], ex["label"], g)
+
+        ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+        yield from _finish(ds, local, input_cfg)
+        epoch, offset = epoch + 1, 0
+
+
+def pretrain_iterator(
+    input_cfg: Any,
+    *,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
+    """Yields ``{'views': f32 [b, V, S, S, 3], 'label': i32 [b]}`` forever, b = B // P.
+
+    Batch ``k`` of the iterator is global step ``start_step + k``; an iterator started at
+    ``start_step=s`` yields bitwise the batches an uninterrupted one yields from step s on.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    steps = steps_per_epoch(input_cfg, process_count)
+    source = _source(input_cfg, input_cfg.train_split)
+    local = local_batch_size(input_cfg.global_batch_size, process_count)
+    if not source.random_access:
+        return _stream_pretrain(
+            source, input_cfg, seed, start_step, process_index, process_count, steps
+        )
+    ds = _random_access_pretrain(
+        source, input_cfg, seed, start_step, process_index, process_count, steps
+    )
+    return _finish(ds, local, input_cfg)
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def eval_iterator(
+    input_cfg: Any,
+    split: str,
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
+    """Yields ``{'image': f32 [b,S,S,3], 'label': i32 [b], 'mask': bool [b]}``, b = B // P.
+
+    Every example of ``split`` once, in a fixed order; padding rows are all zeros with
+    ``mask=False``; every process yields ``eval_num_batches(...)`` batches.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    source = _source(input_cfg, split)
+    local = local_batch_size(global_batch_size, process_count)
+    num_batches = eval_num_batches(
+        input_cfg, split, global_batch_size=global_batch_size, process_count=process_count
+    )
+    size = input_cfg.image_size
+    padding = {
+        "image": tf.zeros([size, size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+    }
+
+    def preprocess(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = aug.eval_preprocess(ex["image"], size, input_cfg.eval_crop_fraction)
+        image = aug.normalize(image, input_cfg.mean, input_cfg.std)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+
+    if source.random_access:
+        n = source.num_examples
+        row0 = process_index * local
+
+        def batch_positions(b: tf.Tensor) -> tf.Tensor:
+            return b * global_batch_size + row0 + tf.range(local, dtype=tf.int64)
+
+        def load(position: tf.Tensor) -> dict[str, tf.Tensor]:
+            return tf.cond(position < n, lambda: preprocess(source.get(position)), lambda: padding)
+
+        ds = tf.data.Dataset.range(num_batches).map(batch_positions).unbatch()
+        ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    else:
+        n_local = source.process_num_examples(process_index, process_count)
+        ds = source.stream(
+            shuffle_seed=None, process_index=process_index, process_count=process_count
+        )
+        ds = ds.take(n_local).map(
+            lambda ex: preprocess(source.decode(ex)),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.concatenate(
+            tf.data.Dataset.from_tensors(padding).repeat(num_batches * local - n_local)
+        )
+    return _finish(ds, local, input_cfg)

@@ -1,0 +1,379 @@
+"""Data sources: where the raw, un-augmented examples come from.
+
+``load_source(dataset, split, data_dir)`` understands four kinds of ``input.dataset``:
+
+* ``digits`` -- scikit-learn's bundled 8x8 handwritten digits (1797 images, offline). Gray
+  values 0..16 are scaled to uint8 0..255 and tiled to RGB. Splits: ``train`` is the first
+  1437 examples, ``test`` the remaining 360 (sklearn's order, so every run agrees).
+* ``npz:<path>`` -- a NumPy ``.npz`` with ``images`` (uint8 ``[N,H,W,3]``, or gray ``[N,H,W]``
+  / ``[N,H,W,1]``) and optional integer ``labels [N]``. One array set: split ``train``.
+* ``folder:<path>`` -- image files (jpg/jpeg/png/bmp/gif) either in class subfolders (label =
+  index of the sorted subfolder name, like torchvision's ImageFolder) or flat (unlabelled,
+  label -1). Split ``train``. Every file is decoded once at load time so that a broken file
+  fails here, naming its path, instead of deep inside a tf.data iterator.
+* any other name -- a TensorFlow Datasets builder read from ``data_dir`` (never downloaded at
+  run time; prepare it once with ``tfds build``).
+
+Array and folder sources allow tfds-style slicing of their split: ``train[:100]``,
+``train[100:]``, ``train[10%:50%]``.
+
+Array and folder sources are *random access* (``Source.get(index)``), so the pipeline can
+shuffle by permuting indices and skip for resume by skipping indices. tfds sources are
+*streaming* (``Source.stream(...)`` yields still-encoded images, ``Source.decode`` decodes),
+so skipping for resume never decodes the skipped images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import ClassVar
+
+import numpy as np
+import tensorflow as tf
+
+
+def hide_accelerators_from_tf() -> None:
+    """Keeps TensorFlow (used only for tf.data) off the GPUs that JAX needs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        # TF already initialised its devices (someone else used it first); nothing to do.
+        pass
+
+
+hide_accelerators_from_tf()
+
+DIGITS_TRAIN_SIZE = 1437  # sklearn's 1797 digits: first 1437 train, last 360 test (80/20).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+LOCAL_KINDS = "digits, npz:<path>, folder:<path>"
+
+_SPLIT_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<lo>[^:\]]*):(?P<hi>[^\]]*)\])?$")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _slice_bound(text: str, n: int, split: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        if text.endswith("%"):
+            # tfds rounds percent boundaries to the closest example.
+            return int(np.floor(n * float(text[:-1]) / 100 + 0.5))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"bad slice bound {text!r} in split {split!r}") from None
+
+
+def parse_split(split: str, sizes: dict[str, int]) -> tuple[int, int]:
+    """Resolves ``name[lo:hi]`` against named split sizes; returns ``(start, stop)`` rows.
+
+    ``sizes`` maps each split name to its number of rows; the returned range is relative to
+    the concatenation of the splits in ``sizes`` order (so ``test`` of digits starts at 1437).
+    """
+    match = _SPLIT_RE.match(split.strip())
+    if match is None or match["name"] not in sizes:
+        raise ValueError(
+            f"unknown split {split!r}; valid: {', '.join(sizes)} with optional slicing such "
+            "as [:100], [100:], [10%:50%]"
+        )
+    offset = 0
+    for name, size in sizes.items():
+        if name == match["name"]:
+            break
+        offset += size
+    n = sizes[match["name"]]
+    lo = hi = None
+    if match["lo"] is not None:
+        lo = _slice_bound(match["lo"], n, split)
+        hi = _slice_bound(match["hi"], n, split)
+    start, stop, _ = slice(lo, hi).indices(n)
+    if stop <= start:
+        raise ValueError(f"split {split!r} selects no examples (rows {start}:{stop} of {n})")
+    return offset + start, offset + stop
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """Common description of a data source; subclasses add ``get`` or ``stream``."""
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int | None
+    random_access: ClassVar[bool] = False
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySource(Source):
+    """In-memory uint8 images ``[N,H,W,3]`` and int32 labels ``[N]`` (-1 = unlabelled)."""
+
+    random_access: ClassVar[bool] = True
+
+    images: np.ndarray = dataclasses.field(repr=False, default=None)
+    labels: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    @functools.cached_property
+    def _tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
+        # Converted once, eagerly (init_scope lifts out of the tf.data trace that first asks),
+        # and captured by every pipeline instead of being embedded in each graph.
+        with tf.init_scope():
+            return tf.convert_to_tensor(self.images), tf.convert_to_tensor(self.labels)
+
+    def get(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The example at ``index`` (a scalar int tensor): ``{'image', 'label'}``."""
+        images, labels = self._tensors
+        return {"image": tf.gather(images, index), "label": tf.gather(labels, index)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderSource(Source):
+    """Image files decoded in tf.data; ``paths[i]`` has label ``labels[i]``."""
+
+    random_access: ClassVar[bool] = True
+
+    paths: tuple[str, ...] = dataclasses.field(repr=False, default=())
+    labels: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    def get(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Reads and decodes the file at ``index`` into uint8 RGB ``[H,W,3]``."""
+        path = tf.gather(tf.constant(self.paths), index)
+        return {
+            "image": decode_image(tf.io.read_file(path)),
+            "label": tf.gather(tf.constant(self.labels), index),
+        }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TfdsSource(Source):
+    """A prepared tfds builder; examples stream from its files, images still encoded."""
+
+    data_dir: str | None = None
+
+    @functools.cached_property
+    def builder(self):
+        import tensorflow_datasets as tfds
+
+        return tfds.builder(self.name, data_dir=self.data_dir)
+
+    def process_split(self, process_index: int, process_count: int):
+        """This process's even share of the split (tfds ReadInstruction-like)."""
+        import tensorflow_datasets as tfds
+
+        return tfds.split_for_jax_process(
+            self.split, process_index=process_index, process_count=process_count
+        )
+
+    def process_num_examples(self, process_index: int, process_count: int) -> int:
+        split = self.process_split(process_index, process_count)
+        return int(self.builder.info.splits[split].num_examples)
+
+    def stream(
+        self, *, shuffle_seed: int | None, process_index: int = 0, process_count: int = 1
+    ) -> tf.data.Dataset:
+        """Encoded examples ``{'image': bytes, 'label'}`` of this process's share, once.
+
+        With ``shuffle_seed`` the file order is shuffled deterministically by that seed;
+        with ``None`` the order is the stored order (for evaluation).
+        """
+        import tensorflow_datasets as tfds
+
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        ds = self.builder.as_dataset(
+            split=self.process_split(process_index, process_count),
+            shuffle_files=shuffle_seed is not None,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+        has_label = "label" in self.builder.info.features.keys()
+        return ds.map(
+            lambda ex: {
+                "image": ex["image"],
+                "label": tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1),
+            }
+        )
+
+    def decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {**example, "image": decode_image(example["image"])}
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes -> uint8 RGB ``[H,W,3]`` (gray and RGBA become RGB)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _to_rgb_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{what}: images must be [N,H,W,3], [N,H,W,1] or [N,H,W]; got shape {images.shape}"
+        )
+    return np.ascontiguousarray(images)
+
+
+def _num_classes(labels: np.ndarray) -> int | None:
+    return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else None
+
+
+def _load_digits(split: str) -> ArraySource:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [1797, 8, 8]
+    images = _to_rgb_uint8(images, "digits")
+    labels = digits.target.astype(np.int32)
+    sizes = {"train": DIGITS_TRAIN_SIZE, "test": len(images) - DIGITS_TRAIN_SIZE}
+    start, stop = parse_split(split, sizes)
+    return ArraySource("digits", split, stop - start, 10, images[start:stop], labels[start:stop])
+
+
+def _load_npz(path: str, split: str) -> ArraySource:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"npz data set file {path!r} does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        keys = sorted(data.keys())
+        if "images" not in keys:
+            raise ValueError(
+                f"{path}: expected key 'images' (uint8 [N,H,W,3]) and optional 'labels'; "
+                f"found keys {keys}"
+            )
+        images = data["images"]
+        labels = data["labels"] if "labels" in keys else None
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' must have dtype uint8 (0..255); found {images.dtype}")
+    images = _to_rgb_uint8(images, path)
+    if labels is None:
+        labels = np.full([len(images)], -1, np.int32)
+    elif not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+        raise ValueError(
+            f"{path}: 'labels' must be integers of shape [{len(images)}]; "
+            f"found dtype {labels.dtype} shape {labels.shape}"
+        )
+    start, stop = parse_split(split, {"train": len(images)})
+    labels = labels.astype(np.int32)
+    return ArraySource(
+        f"npz:{path}",
+        split,
+        stop - start,
+        _num_classes(labels),
+        images[start:stop],
+        labels[start:stop],
+    )
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_folder(root: str) -> tuple[list[str], list[int], int | None]:
+    """Files and labels: class subfolders (recursive within each) or a flat folder."""
+    entries = sorted(os.listdir(root))
+    classes = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    top_files = [os.path.join(root, e) for e in entries if _is_image(e)]
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+            dirnames.sort()  # os.walk order is file-system dependent; fix it.
+            paths += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+            labels += [label] * (len(paths) - len(labels))
+    if paths and top_files:
+        raise ValueError(
+            f"folder {root!r} mixes class subfolders {classes} with loose images such as "
+            f"{top_files[0]!r}; use either class subfolders or a flat folder"
+        )
+    if paths:
+        return paths, labels, len(classes)
+    if not top_files:
+        raise ValueError(f"folder {root!r} contains no images with extensions {IMAGE_EXTENSIONS}")
+    return top_files, [-1] * len(top_files), None
+
+
+def _check_decodable(paths: list[str]) -> None:
+    """Decodes every file once with the pipeline's own decoder; fails naming the file."""
+    for path in paths:
+        try:
+            decode_image(tf.io.read_file(path))
+        except (tf.errors.OpError, ValueError) as e:
+            message = getattr(e, "message", str(e)).strip().splitlines()[0]
+            message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message)  # TF op noise
+            raise ValueError(f"cannot decode image file {path!r}: {message}") from None
+
+
+def _load_folder(root: str, split: str) -> FolderSource:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist")
+    paths, labels, num_classes = _list_folder(root)
+    start, stop = parse_split(split, {"train": len(paths)})
+    paths, labels = paths[start:stop], labels[start:stop]
+    _check_decodable(paths)
+    return FolderSource(
+        f"folder:{root}", split, len(paths), num_classes, tuple(paths), np.asarray(labels, np.int32)
+    )
+
+
+def _load_tfds(name: str, split: str, data_dir: str | None) -> TfdsSource:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"unknown data set {name!r}; valid: {LOCAL_KINDS}, or a tfds name such as "
+            f"'cifar10' or 'imagenet2012' ({name!r} is not a tfds data set either; see "
+            "tfds.list_builders())"
+        ) from None
+    if not builder.info.splits:
+        raise ValueError(
+            f"tfds data set {name!r} is not prepared in data_dir={data_dir!r} (looked in "
+            f"{builder.data_dir}); ssl_jax never downloads at run time: run "
+            f"`tfds build {name} --data_dir=...` once"
+        )
+    try:
+        num_examples = int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(
+            f"bad split {split!r} for tfds data set {name!r}; splits: "
+            f"{sorted(builder.info.splits)} ({e})"
+        ) from None
+    features = builder.info.features
+    label = features["label"] if "label" in features.keys() else None
+    num_classes = getattr(label, "num_classes", None)  # ClassLabel only
+    source = TfdsSource(name, split, num_examples, num_classes, data_dir)
+    source.__dict__["builder"] = builder  # reuse this builder instead of making another
+    return source
+
+
+@functools.lru_cache(maxsize=16)
+def load_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
+    """The source named by ``input.dataset`` restricted to ``split`` (see module doc).
+
+    Cached: the train loop, the eval loop and ``steps_per_epoch`` share one loaded source
+    (folders are validated once, arrays held once).
+    """
+    if dataset == "digits":
+        return _load_digits(split)
+    if dataset.startswith("npz:"):
+        return _load_npz(dataset[len("npz:") :], split)
+    if dataset.startswith("folder:"):
+        return _load_folder(dataset[len("folder:") :], split)
+    if not re.fullmatch(r"[a-z0-9_]+(/[A-Za-z0-9_.\-]+)*(:[0-9.]+)?", dataset):
+        raise ValueError(
+            f"unknown data set {dataset!r}; valid: {LOCAL_KINDS}, or a tfds name "
+            "(e.g. 'cifar10', 'imagenet2012')"
+        )
+    return _load_tfds(dataset, split, data_dir)
