@@ -219,7 +219,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     writer.progress(done, values)
                 knn_every = config.evals.knn_every_steps
                 if knn_every and done % knn_every == 0 and not is_last:
-                    writer.write(done, evaluator.knn(state, prefix="knn"))
+                    scores = evaluator.knn(state, prefix="knn")
+                    writer.write(done, scores)
+                    if scores:
+                        writer.info(f"step {done}: kNN top-1 {scores['knn_top1']:.2f}%")
                 if done % config.ckpt.every_steps == 0 or is_last:
                     buffer.flush(last_good)  # never checkpoint a diverged state
                     if ckpt.save(done, state, force=is_last):
@@ -244,6 +247,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
     """The latest checkpoint of a workdir."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint under {directory}")
     mesh = parallel.make_mesh()
     setup = build(config, mesh)
     init_key, _ = keys(config)
