@@ -18,7 +18,9 @@ def _ssl_jax(*args, cwd=ROOT):
 
 def test_misspelt_config_override_fails_naming_the_key(tmp_path):
     out = _ssl_jax(
-        "pretrain", "--config=configs/simclr.py:smoke", "--config.optim.lrr=0.1",
+        "pretrain",
+        "--config=configs/simclr.py:smoke",
+        "--config.optim.lrr=0.1",
         f"--workdir={tmp_path}",
     )
     assert out.returncode != 0
@@ -28,7 +30,9 @@ def test_misspelt_config_override_fails_naming_the_key(tmp_path):
 
 def test_wrong_type_for_a_config_key_is_refused(tmp_path):
     out = _ssl_jax(
-        "pretrain", "--config=configs/simclr.py:smoke", "--config.optim.lr=fast",
+        "pretrain",
+        "--config=configs/simclr.py:smoke",
+        "--config.optim.lr=fast",
         f"--workdir={tmp_path}",
     )
     assert out.returncode != 0
