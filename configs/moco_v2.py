@@ -41,14 +41,14 @@ def cifar10():
 
 
 def digits():
-    """The CPU demo behind the README's first command (about 4 minutes on 2 cores)."""
+    """The CPU demo behind the README's first command (about 2 minutes on 2 cores)."""
     c = _moco_v2()
     config_base.use_digits(c, augment.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=128, out_dim=64)
     c.moco.update(queue_size=1024, momentum=0.99, temperature=0.1, bn_groups=8)
     c.optim.update(lr=0.06, weight_decay=5e-4)
-    c.schedule.update(epochs=100.0, decay="cosine")
+    c.schedule.update(epochs=60.0, decay="cosine")
     c.evals.knn_every_steps = 200
     c.ckpt.every_steps = 200
     c.log_every_steps = 20
