@@ -13,7 +13,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -40,12 +39,8 @@ class DivergenceError(FloatingPointError):
 class Setup:
     """Everything compiled for one config on one mesh."""
 
-    config: ml_collections.ConfigDict
     mesh: Mesh
-    method: ModuleType
     model: nn.Module
-    tx: optax.GradientTransformation
-    lr_fn: Callable[[jax.Array], jax.Array]
     steps_per_epoch: int
     total_steps: int
     init: Callable[[jax.Array], TrainState]  # jitted: key -> replicated state
@@ -106,9 +101,7 @@ def make_init_fn(method, model, tx, config) -> Callable[[jax.Array], TrainState]
 def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
     """Validates the config against the mesh and compiles init and update."""
     parallel.check_global_batch(config.input.global_batch_size, mesh)
-    method = methods.get_method(config.method)
-    if hasattr(method, "validate"):
-        method.validate(config)
+    method = methods.get_method(config.method)  # init_extra validates the method's sizes
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
     total = schedules.total_steps(config.schedule, spe)
     peak_lr = optim.scaled_lr(config.optim, config.input.global_batch_size)
@@ -123,7 +116,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
-    return Setup(config, mesh, method, model, tx, lr_fn, spe, total, init, update)
+    return Setup(mesh, model, spe, total, init, update)
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
