@@ -30,7 +30,22 @@ def base_config() -> ml_collections.ConfigDict:
         bn_epsilon=1e-5,
         zero_init_residual=False,
         dtype="float32",
-        head=dict(num_layers=2, hidden_dim=2048, out_dim=128, use_bn=False, last_bn="none"),
+        head=dict(
+            num_layers=2, hidden_dim=2048, out_dim=128, use_bn=False, last_bn="none", last_bias=True
+        ),
+        # Online-only predictor after the projection head (SimSiam, BYOL, MoCo v3);
+        # num_layers=0 means none.
+        predictor=dict(
+            num_layers=0, hidden_dim=512, out_dim=128, use_bn=True, last_bn="none", last_bias=True
+        ),
+        # ViT backbones (vit_tiny/small/base/large); ignored by ResNets.
+        vit=dict(
+            patch_size=16,
+            pos_embed="sincos",  # fixed 2-D sin-cos (MoCo v3, MAE) or "learned" (DINO)
+            drop_path=0.0,  # stochastic depth at the last block, linear in depth
+            frozen_patch_embed=False,  # MoCo v3's random, frozen patch projection
+            pool="cls",  # features for evaluation: class token or "gap" of patch tokens
+        ),
     )
     c.input = dict(
         dataset="digits",
@@ -59,9 +74,22 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9,
         b2=0.999,
         eps=1e-8,
+        # Cosine weight-decay schedule from weight_decay to weight_decay_end (DINO).
+        weight_decay_end=config_dict.placeholder(float),
+        clip_grad_per_param=0.0,  # DINO's clip_gradients: each tensor's norm <= this
+        # Regexes on "/"-joined parameter paths:
+        frozen_params=(),  # never updated (MoCo v3 ViT's random patch projection)
+        delayed_params=(),  # not updated during the first delay_epochs (DINO's last layer)
+        delay_epochs=0.0,
+        constant_lr_params=(),  # trained at the peak lr without schedule (SimSiam predictor)
     )
     c.schedule = dict(
-        epochs=200.0, warmup_epochs=0.0, decay="cosine", milestones=(120, 160), total_steps=0
+        epochs=200.0,
+        warmup_epochs=0.0,
+        decay="cosine",
+        milestones=(120, 160),
+        total_steps=0,
+        final_lr=0.0,  # the cosine ends here (DINO's min_lr 1e-6)
     )
     c.evals = dict(
         knn_every_steps=0,  # 0: only at the end of training
@@ -148,6 +176,7 @@ def use_smoke(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDi
         eval_test_split="test[:64]",
     )
     config.model.head.update(hidden_dim=32, out_dim=16)
+    config.model.predictor.update(hidden_dim=32, out_dim=16)
     config.schedule.update(total_steps=4, epochs=1.0, warmup_epochs=0.0)
     config.evals.update(knn_k=10, linear_epochs=2, batch_size=64, knn_every_steps=2)
     config.ckpt.update(every_steps=2, keep=2)

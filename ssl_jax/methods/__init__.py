@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-METHODS = ("moco", "simclr")
+METHODS = ("moco", "simclr", "simsiam", "byol", "moco_v3", "dino")
 
 
 def get_method(name: str) -> ModuleType:

@@ -52,7 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
-    return make_encoder(config.model, bn_groups=config.moco.bn_groups)
+    return make_encoder(
+        config.model, bn_groups=config.moco.bn_groups, image_size=config.input.image_size
+    )
 
 
 def keys_per_step(config: ml_collections.ConfigDict) -> int:

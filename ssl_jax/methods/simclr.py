@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
-    return make_encoder(config.model, bn_groups=1)
+    return make_encoder(config.model, bn_groups=1, image_size=config.input.image_size)
 
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:

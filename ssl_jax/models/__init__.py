@@ -23,8 +23,10 @@ RESNETS: dict[str, tuple[str, tuple[int, ...], int]] = {
 }
 
 
-def make_backbone(model_cfg: Any, *, bn_groups: int = 1) -> nn.Module:
-    """Builds the backbone named by ``model_cfg.backbone``; fails listing the valid names."""
+def make_backbone(model_cfg: Any, *, bn_groups: int = 1, image_size: int = 224) -> nn.Module:
+    """Builds the backbone named by ``model_cfg.backbone``; fails listing the valid names.
+    ``image_size`` is the training resolution (a ViT's position-embedding grid)."""
+    del image_size  # used by ViTs
     name = model_cfg.backbone
     if name not in RESNETS:
         raise ValueError(f"Unknown model.backbone {name!r}; valid names: {sorted(RESNETS)}.")

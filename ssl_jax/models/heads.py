@@ -11,7 +11,8 @@
 - SimSiam / MoCo v3 projectors: ``last_bn='no_affine'``.
 
 Dense layers carry a bias only when no BN follows (BN's beta, or its mean subtraction,
-makes it redundant).
+makes it redundant); ``last_bias=False`` also drops it from a last Dense without BN (MoCo
+v3's ResNet predictor is bias-free throughout).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class MLPHead(nn.Module):
     out_dim: int
     use_bn: bool = False
     last_bn: str = "none"
+    last_bias: bool = True
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_groups: int = 1
@@ -65,7 +67,7 @@ class MLPHead(nn.Module):
             x = nn.relu(x)
         last = self.num_layers - 1
         affine = LAST_BN[self.last_bn]
-        x = self._dense(self.out_dim, affine is None, f"dense{last}")(x)
+        x = self._dense(self.out_dim, affine is None and self.last_bias, f"dense{last}")(x)
         if affine is not None:
             x = self._bn(*affine, f"bn{last}")(x, train)
         return x.astype(jnp.float32)
