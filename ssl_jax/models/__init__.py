@@ -2,7 +2,8 @@
 
 ``resnet_tiny`` is our CPU variant for tests and smoke runs: the torchvision layout with
 one BasicBlock per stage and widths 16-32-64-128 (D=128; 307,536 parameters with the
-cifar stem).
+cifar stem). ViTs (``VITS``: vit_tiny/small/base/large) read ``model.vit``: patch_size,
+pos_embed, drop_path, frozen_patch_embed, pool (see ``ssl_jax/models/vit.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.resnet import ResNet
+from ssl_jax.models.vit import POOLS, POS_EMBEDS, VITS, ViT
 
 # name -> (block, stage_sizes, width); stage sizes from torchvision's resnet.py.
 RESNETS: dict[str, tuple[str, tuple[int, ...], int]] = {
@@ -26,11 +28,19 @@ RESNETS: dict[str, tuple[str, tuple[int, ...], int]] = {
 def make_backbone(model_cfg: Any, *, bn_groups: int = 1, image_size: int = 224) -> nn.Module:
     """Builds the backbone named by ``model_cfg.backbone``; fails listing the valid names.
     ``image_size`` is the training resolution (a ViT's position-embedding grid)."""
-    del image_size  # used by ViTs
     name = model_cfg.backbone
-    if name not in RESNETS:
-        raise ValueError(f"Unknown model.backbone {name!r}; valid names: {sorted(RESNETS)}.")
-    block, stage_sizes, width = RESNETS[name]
+    if name in RESNETS:
+        return _make_resnet(model_cfg, bn_groups)
+    if name in VITS:
+        return _make_vit(model_cfg, image_size)
+    raise ValueError(
+        f"Unknown model.backbone {name!r}; valid names: ResNets {sorted(RESNETS)}, "
+        f"ViTs {sorted(VITS)}."
+    )
+
+
+def _make_resnet(model_cfg: Any, bn_groups: int) -> ResNet:
+    block, stage_sizes, width = RESNETS[model_cfg.backbone]
     return ResNet(
         stage_sizes=stage_sizes,
         block=block,
@@ -40,5 +50,29 @@ def make_backbone(model_cfg: Any, *, bn_groups: int = 1, image_size: int = 224) 
         bn_epsilon=model_cfg.bn_epsilon,
         bn_groups=bn_groups,
         zero_init_residual=model_cfg.zero_init_residual,
+        dtype=jnp.dtype(model_cfg.dtype),
+    )
+
+
+def _make_vit(model_cfg: Any, image_size: int) -> ViT:
+    # ViTs have no BatchNorm, so bn_groups does not apply.
+    vit_cfg = model_cfg.vit
+    if vit_cfg.pos_embed not in POS_EMBEDS:
+        raise ValueError(
+            f"Unknown model.vit.pos_embed {vit_cfg.pos_embed!r}; valid values: {POS_EMBEDS}."
+        )
+    if vit_cfg.pool not in POOLS:
+        raise ValueError(f"Unknown model.vit.pool {vit_cfg.pool!r}; valid values: {POOLS}.")
+    width, depth, heads = VITS[model_cfg.backbone]
+    return ViT(
+        width=width,
+        depth=depth,
+        heads=heads,
+        patch_size=vit_cfg.patch_size,
+        image_size=image_size,
+        pos_embed=vit_cfg.pos_embed,
+        drop_path=vit_cfg.drop_path,
+        frozen_patch_embed=vit_cfg.frozen_patch_embed,
+        pool=vit_cfg.pool,
         dtype=jnp.dtype(model_cfg.dtype),
     )
