@@ -7,7 +7,7 @@ ckpt, log_every_steps, plus one section named after the method (e.g. `moco`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -195,3 +195,38 @@ def select_preset(
     config = presets[name]()
     config.lock()
     return config
+
+
+def set_multicrop(
+    config: ml_collections.ConfigDict,
+    global_recipes: Sequence[ml_collections.ConfigDict],
+    local_recipe: ml_collections.ConfigDict,
+    *,
+    num_local: int,
+    local_size: int,
+) -> None:
+    """Installs multi-crop views: view1..viewG global (size 0), then num_local local views.
+
+    DINO (Caron et al. 2021, arXiv:2104.14294; facebookresearch/dino main_dino.py
+    DataAugmentationDINO): 2 global crops at input.image_size (224) with their own recipes
+    and ``--local_crops_number`` (8) local crops at 96 px sharing one recipe. Global views
+    keep size 0 so they follow a later ``input.image_size`` override; each view gets its own
+    copy, so ``--config.input.views.view5.blur_p=...`` changes one crop only. The pipeline
+    then yields ``global_views`` and ``local_views`` (``ssl_jax/data/views.py``).
+    """
+    if not global_recipes:
+        raise ValueError("set_multicrop needs at least one global recipe")
+    if num_local < 0:
+        raise ValueError(f"num_local={num_local} must be >= 0")
+    if not 0 < local_size < config.input.image_size:
+        raise ValueError(
+            f"local_size={local_size} must be in (0, input.image_size="
+            f"{config.input.image_size}): local crops are smaller than global ones"
+        )
+    recipes = [(r, 0) for r in global_recipes] + [(local_recipe, local_size)] * num_local
+    config.input.views = ml_collections.ConfigDict(
+        {
+            f"view{i + 1}": ml_collections.ConfigDict({**recipe, "size": size})
+            for i, (recipe, size) in enumerate(recipes)
+        }
+    )

@@ -18,10 +18,16 @@ its probability does not change the randomness of the others.
    taps (SimCLR's ``height // 10``), reflect padding (torchvision) instead of SimCLR's zeros;
 6. solarize with ``solarize_p`` (x -> 1 - x where x >= 0.5, BYOL).
 
+A recipe is only the augmentation. The output side is the ``image_size`` argument; a view
+config's optional ``size`` key (0 or absent: ``input.image_size``) is resolved by ``views.py``,
+which is where multi-crop's global and local views are told apart. The blur kernel follows
+the output size (SimCLR's S // 10), so a 96 px local crop gets a 9-tap kernel.
+
 Differences from the references: MoCo v1 applies grayscale before colour jitter; here jitter
 always comes first (jitter on an already-gray image would change only brightness/contrast, so
 the distributions differ only slightly). Resizing is bilinear with antialiasing (PIL-like),
-not SimCLR's bicubic.
+not the bicubic of SimCLR and DINO. DINO's (and BYOL's) sigma ~ U(0.1, 2.0) is the same, but
+PIL's GaussianBlur (DINO) sizes its kernel from sigma, while here it follows the output size.
 """
 
 from __future__ import annotations
@@ -46,7 +52,10 @@ AUGMENT_KEYS = (
     "blur_p",
     "blur_sigma",
     "solarize_p",
+    "size",
 )
+# May be absent from a view config (configs written before multi-crop); absent means 0.
+_OPTIONAL_KEYS = ("size",)
 _PROBABILITY_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
 _RANGE_KEYS = ("crop_scale", "crop_ratio", "blur_sigma")
 _CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
@@ -67,12 +76,36 @@ _DEFAULTS = dict(
     blur_p=0.0,
     blur_sigma=(0.1, 2.0),
     solarize_p=0.0,
+    size=0,  # output side in pixels; 0: input.image_size (a global view), see views.py
 )
 
 
 def _simclr_strength(s: float) -> dict[str, float]:
     # SimCLR tf2/data_util.py color_jitter: (0.8s, 0.8s, 0.8s, 0.2s), applied with p=0.8.
     return dict(jitter_p=0.8, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
+
+
+# BYOL and DINO share the colour part (jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2) and
+# the blur sigma range; the views differ in blur / solarize probabilities and crop scale.
+_BYOL_COMMON = dict(
+    crop_scale=(0.08, 1.0),
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    grayscale_p=0.2,
+    blur_sigma=(0.1, 2.0),
+)
+_DINO_COMMON = dict(
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    grayscale_p=0.2,
+    blur_sigma=(0.1, 2.0),
+)
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -127,6 +160,36 @@ RECIPES: dict[str, dict[str, Any]] = {
         hue=0.1,
         grayscale_p=0.2,
     ),
+    # BYOL (Grill et al. 2020, arXiv:2006.07733) Table 6, deepmind-research
+    # byol/utils/augmentations.py augment_config: random crop area (0.08, 1), aspect
+    # (3/4, 4/3), flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8 in a random order,
+    # grayscale p=0.2, blur sigma ~ U(0.1, 2.0) with p=1.0 (view1) / 0.1 (view2),
+    # solarize p=0.0 (view1) / 0.2 (view2).
+    "byol_view1": dict(**_BYOL_COMMON, blur_p=1.0, solarize_p=0.0),
+    "byol_view2": dict(**_BYOL_COMMON, blur_p=0.1, solarize_p=0.2),
+    # SimSiam CIFAR-10 (Chen & He 2020, arXiv:2011.10566, appendix "CIFAR experiments"):
+    # MoCo v2's augmentation (facebookresearch/simsiam main_simsiam.py) without blur, crop
+    # area (0.2, 1): ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale(0.2), flip.
+    "simsiam_cifar": dict(
+        crop_scale=(0.2, 1.0),
+        jitter_p=0.8,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        grayscale_p=0.2,
+    ),
+    # MAE (He et al. 2021, arXiv:2111.06377), facebookresearch/mae main_pretrain.py:
+    # RandomResizedCrop(scale=(0.2, 1.0)) and RandomHorizontalFlip only.
+    "mae": dict(crop_scale=(0.2, 1.0)),
+    # DINO (Caron et al. 2021, arXiv:2104.14294), facebookresearch/dino main_dino.py
+    # DataAugmentationDINO: flip 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2;
+    # global crops scale (0.4, 1) (--global_crops_scale), blur p=1.0 / 0.1, solarize p=0 /
+    # 0.2; local crops scale (0.05, 0.4) (--local_crops_scale), blur p=0.5, no solarize.
+    # GaussianBlur there draws PIL's radius (its sigma) ~ U(0.1, 2.0).
+    "dino_global1": dict(**_DINO_COMMON, crop_scale=(0.4, 1.0), blur_p=1.0, solarize_p=0.0),
+    "dino_global2": dict(**_DINO_COMMON, crop_scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2),
+    "dino_local": dict(**_DINO_COMMON, crop_scale=(0.05, 0.4), blur_p=0.5, solarize_p=0.0),
     # Our own mild recipe for the 8x8 sklearn digits (no paper uses them):
     # * no flip: a mirrored 2, 3, 7 or 9 is no longer that digit;
     # * crop area (0.5, 1): an 8x8 digit cropped to 8% of its area is a few pixels of stroke;
@@ -157,7 +220,7 @@ def recipe(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 def check_augment_config(cfg: Mapping[str, Any], where: str = "augmentation") -> None:
     """Fails naming the key and value of a missing, unknown or out-of-range parameter."""
     keys = set(cfg.keys())
-    if missing := sorted(set(AUGMENT_KEYS) - keys):
+    if missing := sorted(set(AUGMENT_KEYS) - set(_OPTIONAL_KEYS) - keys):
         raise ValueError(f"{where}: missing augmentation key(s) {missing}")
     if unknown := sorted(keys - set(AUGMENT_KEYS)):
         raise ValueError(f"{where}: unknown augmentation key(s) {unknown}; valid: {AUGMENT_KEYS}")
@@ -173,6 +236,9 @@ def check_augment_config(cfg: Mapping[str, Any], where: str = "augmentation") ->
             raise ValueError(f"{where}: {key}={cfg[key]} must be >= 0")
     if not 0 <= cfg["hue"] <= 0.5:
         raise ValueError(f"{where}: hue={cfg['hue']} must be in [0, 0.5]")
+    size = cfg.get("size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"{where}: size={size!r} must be an int >= 0 (0: input.image_size)")
 
 
 # ----------------------------------------------------------------------------- ops
@@ -280,9 +346,15 @@ def color_jitter(
     if not ops:
         return x
     order = tf.argsort(_uniform(seeds[4], 0.0, 1.0, [len(ops)]))  # a random permutation
-    for k in range(len(ops)):
-        x = tf.switch_case(order[k], [lambda op=op, x=x: op(x) for op in ops])
-        x = tf.ensure_shape(x, [None, None, 3])
+
+    # A loop traces each op once; unrolling it would trace len(ops)**2 branches per view,
+    # which made building a multi-crop pipeline (10 views) slow.
+    def step(k, x):
+        x = tf.switch_case(tf.gather(order, k), [lambda op=op: op(x) for op in ops])
+        return k + 1, tf.ensure_shape(x, x_shape)
+
+    x_shape = x.shape
+    _, x = tf.while_loop(lambda k, _: k < len(ops), step, (tf.constant(0), x))
     return x
 
 

@@ -15,7 +15,13 @@ Pre-training (``pretrain_iterator``) is deterministic for a seed and resumable e
 
 Augmentation randomness is keyed by the *global sample number* ``g = step * B + row`` (row in
 the global batch), folded into the seed, so it is a pure function of (seed, epoch, position)
-and identical however many processes share the batch.
+and identical however many processes share the batch. Each view (crop) ``v`` of an example
+then folds in its index among the naturally sorted view names (``views.py``).
+
+Batches are ``{'views' [b,V,S,S,3], 'label'}``, or with multi-crop (DINO's global and local
+crops, told apart by each view's ``size``) ``{'global_views' [b,G,S,S,3], 'local_views'
+[b,L,s,s,3], 'label'}``; every leaf has the batch on its leading axis, as
+``parallel.to_global`` expects.
 
 ``steps_per_epoch`` drops the remainder (``N // B``), the same on every process. Every process
 of a tfds source holds at least ``floor(N / P) >= steps * B / P`` examples, so all processes
@@ -124,14 +130,17 @@ def _finish(ds: tf.data.Dataset, local_batch: int, input_cfg: Any) -> Iterator[B
 
 
 def _make_example_fn(input_cfg: Any, seed: int):
-    """``(image, label, g) -> {'views', 'label'}`` with g the global sample number."""
+    """``(image, label, g) -> {'views' | 'global_views', 'local_views', 'label'}``.
+
+    ``g`` is the global sample number; the view keys are those of ``views.make_crops``.
+    """
     views_cfg = input_cfg.views
-    views_lib.check_views_config(views_cfg)
+    views_lib.check_views_config(views_cfg, input_cfg.image_size)
     augment_key = _seed_pair(seed, _AUGMENT_TAG)
 
     def example(image: tf.Tensor, label: tf.Tensor, g: tf.Tensor) -> dict[str, tf.Tensor]:
         example_seed = tf.random.experimental.stateless_fold_in(augment_key, g)
-        views = views_lib.make_views(
+        crops = views_lib.make_crops(
             image,
             example_seed,
             views_cfg,
@@ -139,11 +148,13 @@ def _make_example_fn(input_cfg: Any, seed: int):
             mean=input_cfg.mean,
             std=input_cfg.std,
         )
-        return {"views": views, "label": tf.cast(label, tf.int32)}
+        return {**crops, "label": tf.cast(label, tf.int32)}
 
     # A tf.function is traced once per image signature and then reused by every per-epoch
-    # pipeline of a streaming source instead of re-tracing the augmentation graph.
-    return tf.function(example)
+    # pipeline of a streaming source instead of re-tracing the augmentation graph. No
+    # autograph: the augmentations branch on tensors only through tf.cond / switch_case, and
+    # re-parsing their Python source dominated the build time of a multi-crop pipeline.
+    return tf.function(example, autograph=False)
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -224,6 +235,10 @@ def pretrain_iterator(
     process_count: int = 1,
 ) -> Iterator[Batch]:
     """Yields ``{'views': f32 [b, V, S, S, 3], 'label': i32 [b]}`` forever, b = B // P.
+
+    With multi-crop (views whose ``size`` differs from ``input.image_size``, see
+    ``views.py``) the batch is ``{'global_views': f32 [b, G, S, S, 3], 'local_views': f32
+    [b, L, s, s, 3], 'label': i32 [b]}`` instead.
 
     Batch ``k`` of the iterator is global step ``start_step + k``; an iterator started at
     ``start_step=s`` yields bitwise the batches an uninterrupted one yields from step s on.

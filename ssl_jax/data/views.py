@@ -1,14 +1,23 @@
-"""Turn one image into its V augmented, normalised views.
+"""Turn one image into its augmented, normalised views: same-size views or multi-crop.
 
 ``input.views`` is a ConfigDict of named views (``view1``, ``view2``, ...), each a keyed
 augmentation config (``augment.AUGMENT_KEYS``). Views are ordered by name with numbers
-compared as numbers (view2 before view10). View ``v`` gets its own seed,
-``fold_in(example_seed, v)``, so two views of one image differ even with equal parameters,
-and asymmetric recipes (BYOL: blur 1.0 vs 0.1) are just different keys per view.
+compared as numbers (view2 before view10). View ``v`` (its position in that order) gets its
+own seed, ``fold_in(example_seed, v)``, so two views of one image differ even with equal
+parameters, and asymmetric recipes (BYOL: blur 1.0 vs 0.1) are just different keys per view.
 
-Views of one size are stacked into ``[V, S, S, 3]``. Multi-crop (DINO: 2 global views at 224
-and several local views at 96) fits the same scheme later: group views by output size and
-stack each group (``global_views``, ``local_views``).
+A view's optional ``size`` key is its output side; 0 or absent means ``input.image_size``.
+
+* All views at ``input.image_size``: they are stacked into ``views [V, S, S, 3]``.
+* Multi-crop (DINO, Caron et al. 2021, arXiv:2104.14294; facebookresearch/dino main_dino.py
+  DataAugmentationDINO: 2 global crops at 224 and ``local_crops_number`` local crops at 96):
+  views at ``input.image_size`` are *global*, all others *local*, and every local view must
+  have the same size (one array per group). The result is ``global_views [G, S, S, 3]`` and
+  ``local_views [L, s, s, 3]``, each group in view-name order.
+
+Seeds are indexed over all views, whatever their group, so adding local views leaves the
+global views' randomness unchanged (with view1..viewG global, as ``set_multicrop`` names
+them).
 """
 
 from __future__ import annotations
@@ -34,15 +43,65 @@ def view_names(views_cfg: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def check_views_config(views_cfg: Mapping[str, Any]) -> None:
-    """Validates every view's keys and values, naming the view that is wrong."""
+def view_size(view_cfg: Mapping[str, Any], image_size: int) -> int:
+    """The output side of a view: its ``size`` key, or ``image_size`` if 0 or absent."""
+    return view_cfg.get("size", 0) or image_size
+
+
+def split_global_local(
+    views_cfg: Mapping[str, Any], image_size: int
+) -> tuple[list[str], list[str]]:
+    """``(global names, local names)``, each in view order; fails on inconsistent sizes.
+
+    Global views have the size ``image_size``; local views must all share one smaller size.
+    """
+    names = view_names(views_cfg)
+    sizes = {name: view_size(views_cfg[name], image_size) for name in names}
+    global_names = [n for n in names if sizes[n] == image_size]
+    local_names = [n for n in names if sizes[n] != image_size]
+    if not global_names:
+        raise ValueError(
+            f"input.views has no global view of input.image_size={image_size}; view sizes: "
+            f"{sizes}. Set size=0 on the global views."
+        )
+    local_sizes = {sizes[n] for n in local_names}
+    if len(local_sizes) > 1:
+        raise ValueError(
+            "multi-crop: every local view must have the same size (they are stacked into "
+            f"one local_views array), got { ({n: sizes[n] for n in local_names}) } "
+            f"(global views {global_names} at input.image_size={image_size})"
+        )
+    if local_sizes and max(local_sizes) > image_size:
+        raise ValueError(
+            f"multi-crop: local views {local_names} have size {max(local_sizes)}, larger than "
+            f"the global input.image_size={image_size}"
+        )
+    return global_names, local_names
+
+
+def check_views_config(views_cfg: Mapping[str, Any], image_size: int | None = None) -> None:
+    """Validates every view's keys and values, naming the view that is wrong.
+
+    With ``image_size``, also checks that the views form one global and at most one local
+    size group (``split_global_local``).
+    """
     for name in view_names(views_cfg):
         aug.check_augment_config(views_cfg[name], where=f"input.views.{name}")
+    if image_size is not None:
+        split_global_local(views_cfg, image_size)
 
 
 def view_seed(example_seed: tf.Tensor, view_index: int) -> tf.Tensor:
     """The ``[2]`` seed of view ``view_index`` of an example."""
     return tf.random.experimental.stateless_fold_in(example_seed, view_index)
+
+
+def _view(image, example_seed, views_cfg, names, name, *, image_size, mean, std) -> tf.Tensor:
+    cfg = views_cfg[name]
+    # The seed index is the position among *all* views, not within the view's group.
+    seed = view_seed(example_seed, names.index(name))
+    x = aug.augment(image, seed, cfg, view_size(cfg, image_size))
+    return aug.normalize(x, mean, std)  # [size, size, 3]
 
 
 def make_views(
@@ -54,9 +113,39 @@ def make_views(
     mean,
     std,
 ) -> tf.Tensor:
-    """uint8 ``[H,W,3]`` -> float32 ``[V, S, S, 3]``, each view augmented then normalised."""
-    views = []
-    for v, name in enumerate(view_names(views_cfg)):
-        x = aug.augment(image, view_seed(example_seed, v), views_cfg[name], image_size)
-        views.append(aug.normalize(x, mean, std))  # [S, S, 3]
-    return tf.stack(views)  # [V, S, S, 3]
+    """uint8 ``[H,W,3]`` -> float32 ``[V, S, S, 3]``, each view augmented then normalised.
+
+    For views of one size only; ``make_crops`` also handles multi-crop.
+    """
+    _, local_names = split_global_local(views_cfg, image_size)
+    if local_names:
+        raise ValueError(
+            f"views {local_names} are not of input.image_size={image_size} (multi-crop); "
+            "use make_crops"
+        )
+    names = view_names(views_cfg)
+    kw = dict(image_size=image_size, mean=mean, std=std)
+    return tf.stack([_view(image, example_seed, views_cfg, names, n, **kw) for n in names])
+
+
+def make_crops(
+    image: tf.Tensor,
+    example_seed: tf.Tensor,
+    views_cfg: Mapping[str, Any],
+    *,
+    image_size: int,
+    mean,
+    std,
+) -> dict[str, tf.Tensor]:
+    """uint8 ``[H,W,3]`` -> ``{'views': [V,S,S,3]}`` if all views have the input size, else
+    ``{'global_views': [G,S,S,3], 'local_views': [L,s,s,3]}`` (float32, normalised)."""
+    global_names, local_names = split_global_local(views_cfg, image_size)
+    names = view_names(views_cfg)
+    kw = dict(image_size=image_size, mean=mean, std=std)
+
+    def stack(group: list[str]) -> tf.Tensor:
+        return tf.stack([_view(image, example_seed, views_cfg, names, n, **kw) for n in group])
+
+    if not local_names:
+        return {"views": stack(global_names)}  # [V, S, S, 3]
+    return {"global_views": stack(global_names), "local_views": stack(local_names)}
