@@ -12,15 +12,38 @@
 With ``exclude_bias_and_norm`` the leaves masked out by ``decay_mask`` get no weight decay
 and, for LARS, no trust-ratio adaptation (SimCLR excludes 'batch_normalization' and
 'bias' from both).
+
+Per-parameter rules, each a tuple of regexes searched in the "/"-joined parameter path
+(e.g. ``predictor/dense0/kernel``), the first matching rule winning in this order:
+
+- ``frozen_params``: never updated and given no optimizer state (MoCo v3's random patch
+  projection, ``requires_grad=False`` in the reference);
+- ``delayed_params``: not updated during the first ``delay_epochs`` (DINO's
+  ``freeze_last_layer``: the reference drops those gradients, so PyTorch's AdamW neither
+  moves the weights nor advances their moments or step count). They get their own copy of
+  the optimizer whose state is held still while frozen and whose lr / wd schedules are
+  shifted by the delay, so afterwards they follow the global schedules and their Adam
+  bias correction starts at step 1, as a PyTorch parameter first seen then does;
+- ``constant_lr_params``: trained at the peak lr without schedule (SimSiam's
+  ``--fix-pred-lr`` for the predictor).
+
+``weight_decay_end`` turns the weight decay into a per-step cosine from ``weight_decay`` to
+``weight_decay_end`` (DINO: 0.04 -> 0.4), and ``clip_grad_per_param`` clips each gradient
+tensor to that L2 norm before the optimizer (DINO's ``utils.clip_gradients``; not the
+global norm).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from ssl_jax import schedules
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
@@ -50,24 +73,90 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def param_labels(optim_cfg: Any) -> Any:
+    """A function params -> tree of labels ('frozen', 'delayed', 'constant' or 'default')."""
+    rules = [
+        ("frozen", optim_cfg.frozen_params),
+        ("delayed", optim_cfg.delayed_params),
+        ("constant", optim_cfg.constant_lr_params),
+    ]
+    compiled = [(label, [re.compile(p) for p in patterns]) for label, patterns in rules]
+
+    def label_of(path) -> str:
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        for label, patterns in compiled:
+            if any(p.search(name) for p in patterns):
+                return label
+        return "default"
+
+    return lambda params: jax.tree_util.tree_map_with_path(lambda path, _: label_of(path), params)
+
+
+def weight_decay_schedule(optim_cfg: Any, total_steps: int) -> optax.ScalarOrSchedule:
+    """The constant ``weight_decay``, or DINO's cosine to ``weight_decay_end``."""
+    start, end = optim_cfg.weight_decay, optim_cfg.weight_decay_end
+    if end is None:
+        return start
+    return lambda step: schedules.cosine_increase(start, end, step, total_steps)
+
+
 def make_optimizer(
-    optim_cfg: Any, lr_schedule: optax.ScalarOrSchedule
+    optim_cfg: Any,
+    lr_schedule: optax.ScalarOrSchedule,
+    *,
+    peak_lr: float | None = None,
+    total_steps: int = 0,
+    delay_steps: int = 0,
 ) -> optax.GradientTransformation:
-    """The optimizer named by ``optim_cfg.name``; ``lr_schedule`` is the peak-scaled lr."""
+    """The optimizer named by ``optim_cfg.name`` with the per-parameter rules above.
+
+    ``lr_schedule`` is the peak-scaled lr; ``peak_lr`` serves ``constant_lr_params``;
+    ``total_steps`` the weight-decay cosine; ``delay_steps`` the ``delayed_params``.
+    """
+    wd = weight_decay_schedule(optim_cfg, total_steps)
+    transforms = {
+        "default": _base_optimizer(optim_cfg, lr_schedule, wd),
+        "frozen": optax.set_to_zero(),
+    }
+    if optim_cfg.constant_lr_params:
+        if peak_lr is None:
+            raise ValueError("optim.constant_lr_params needs the peak lr")
+        transforms["constant"] = _base_optimizer(optim_cfg, peak_lr, wd)
+    if optim_cfg.delayed_params:
+        shifted_lr = _shifted(lr_schedule, delay_steps)
+        inner = _base_optimizer(optim_cfg, shifted_lr, _shifted(wd, delay_steps))
+        transforms["delayed"] = skip_first_steps(inner, delay_steps)
+    labels = param_labels(optim_cfg)
+    tx = optax.multi_transform(transforms, labels)
+    if optim_cfg.clip_grad_per_param > 0:
+        tx = optax.chain(clip_each_tensor(optim_cfg.clip_grad_per_param), tx)
+    return tx
+
+
+def _shifted(schedule: optax.ScalarOrSchedule, steps: int) -> optax.ScalarOrSchedule:
+    """A schedule read ``steps`` later: for a copy of the optimizer that starts late."""
+    if not callable(schedule) or steps == 0:
+        return schedule
+    return lambda count: schedule(count + steps)
+
+
+def _base_optimizer(
+    optim_cfg: Any, lr: optax.ScalarOrSchedule, wd: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
     name = optim_cfg.name
     # optax evaluates a callable mask on the params at init/update time, so the mask
     # follows whatever tree the method optimises.
     mask = decay_mask if optim_cfg.exclude_bias_and_norm else True
     if name == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(optim_cfg.weight_decay, mask=mask),
+            optax.add_decayed_weights(wd, mask=mask),
             optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.nesterov),
-            optax.scale_by_learning_rate(lr_schedule),
+            optax.scale_by_learning_rate(lr),
         )
     if name == "lars":
         return optax.lars(
-            lr_schedule,
-            weight_decay=optim_cfg.weight_decay,
+            lr,
+            weight_decay=wd,
             weight_decay_mask=mask,
             trust_coefficient=optim_cfg.trust_coefficient,
             eps=0.0,
@@ -77,11 +166,49 @@ def make_optimizer(
         )
     if name == "adamw":
         return optax.adamw(
-            lr_schedule,
+            lr,
             b1=optim_cfg.b1,
             b2=optim_cfg.b2,
             eps=optim_cfg.eps,
-            weight_decay=optim_cfg.weight_decay,
+            weight_decay=wd,
             mask=decay_mask if optim_cfg.exclude_bias_and_norm else None,
         )
     raise ValueError(f"Unknown optim.name {name!r}; valid names: {list(OPTIMIZERS)}.")
+
+
+class SkipFirstState(NamedTuple):
+    count: jax.Array
+    inner: Any
+
+
+def skip_first_steps(
+    inner: optax.GradientTransformation, steps: int
+) -> optax.GradientTransformation:
+    """Zero updates and an unchanged ``inner`` state for the first ``steps`` updates."""
+
+    def init(params):
+        return SkipFirstState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        active = state.count >= steps
+        new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+        return new_updates, SkipFirstState(optax.safe_increment(state.count), new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
+    """Scales each gradient tensor whose L2 norm exceeds ``max_norm`` down to it
+    (DINO's ``clip_gradients``: factor ``max_norm / (norm + 1e-6)`` when below 1)."""
+
+    def clip(g: jax.Array) -> jax.Array:
+        coef = max_norm / (jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32)))) + 1e-6)
+        return jnp.where(coef < 1.0, g * coef.astype(g.dtype), g)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

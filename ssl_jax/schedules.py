@@ -40,8 +40,9 @@ def epochs_to_steps(epochs: float, schedule_cfg: Any, steps_per_epoch: int) -> i
 def lr_schedule(peak_lr: float, schedule_cfg: Any, steps_per_epoch: int) -> optax.Schedule:
     """Linear warm-up from 0 to ``peak_lr`` over ``warmup_epochs``, then ``decay``:
 
-    - 'cosine': half-cosine from ``peak_lr`` to 0 at the last step (SimCLR; MoCo v2 uses
-      the same curve per epoch, we use it per step);
+    - 'cosine': half-cosine from ``peak_lr`` to ``final_lr`` (default 0) at the last step
+      (SimCLR; MoCo v2 uses the same curve per epoch, we use it per step; DINO ends at
+      ``min_lr`` 1e-6);
     - 'step': x0.1 at every milestone epoch (MoCo v1: 120, 160 of 200 epochs);
     - 'constant': ``peak_lr``.
     """
@@ -54,7 +55,8 @@ def lr_schedule(peak_lr: float, schedule_cfg: Any, steps_per_epoch: int) -> opta
     milestones = [
         epochs_to_steps(m, schedule_cfg, steps_per_epoch) for m in schedule_cfg.milestones
     ]
-    decay = _decay_fn(schedule_cfg.decay, peak_lr, warmup, total, milestones)
+    final = schedule_cfg.get("final_lr", 0.0)
+    decay = _decay_fn(schedule_cfg.decay, peak_lr, warmup, total, milestones, final)
 
     def schedule(step: jnp.ndarray) -> jnp.ndarray:
         step = jnp.asarray(step, jnp.float32)
@@ -65,11 +67,19 @@ def lr_schedule(peak_lr: float, schedule_cfg: Any, steps_per_epoch: int) -> opta
 
 
 def _decay_fn(
-    decay: str, peak_lr: float, warmup: int, total: int, milestones: Sequence[int]
+    decay: str,
+    peak_lr: float,
+    warmup: int,
+    total: int,
+    milestones: Sequence[int],
+    final_lr: float = 0.0,
 ) -> optax.Schedule:
     if decay == "cosine":
         # Progress counts from the end of the warm-up, so the curve starts at peak_lr.
-        return lambda step: peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, warmup, total)))
+        return lambda step: (
+            final_lr
+            + (peak_lr - final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, warmup, total)))
+        )
     if decay == "step":
         bounds = jnp.asarray(milestones, jnp.float32)
         return lambda step: peak_lr * 0.1 ** jnp.sum(step >= bounds)
@@ -93,3 +103,17 @@ def linear_warmup_then_constant(start: float, end: float, step: Any, warmup: int
     temperature 0.04 -> 0.07 over 30 epochs)."""
     t = jnp.clip(jnp.asarray(step, jnp.float32) / max(warmup, 1), 0.0, 1.0)
     return start + (end - start) * t
+
+
+def resolve_steps(config: Any, steps_per_epoch: int) -> Any:
+    """A copy of ``config`` with ``schedule.total_steps`` resolved (> 0) and
+    ``schedule.steps_per_epoch`` added, so methods can schedule their own
+    hyper-parameters (EMA momentum, temperatures) by step. The trainer passes this copy
+    to the methods; the config written to the workdir stays the user's."""
+    total = total_steps(config.schedule, steps_per_epoch)
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.schedule.total_steps = total
+        resolved.schedule.steps_per_epoch = steps_per_epoch
+    resolved.lock()
+    return resolved

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_jax.optim import decay_mask, make_optimizer, scaled_lr
+from ssl_jax.optim import decay_mask, make_optimizer, param_labels, scaled_lr
 
 LRS = (0.5, 0.3, 0.1, 0.05)  # a changing lr, to pin where the lr enters the momentum
 
@@ -25,6 +25,12 @@ def optim_config(name, **overrides):
         b1=0.9,
         b2=0.999,
         eps=1e-8,
+        weight_decay_end=None,
+        clip_grad_per_param=0.0,
+        frozen_params=(),
+        delayed_params=(),
+        delay_epochs=0.0,
+        constant_lr_params=(),
     )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
@@ -157,3 +163,101 @@ def test_scaled_lr_unknown_rule():
 def test_unknown_optimizer_lists_valid_names():
     with pytest.raises(ValueError, match="lars"):
         make_optimizer(optim_config("adam"), 0.1)
+
+
+def plain_sgd(**overrides):
+    """SGD without momentum or decay: the update is exactly -lr * g."""
+    return optim_config("sgd", momentum=0.0, weight_decay=0.0, **overrides)
+
+
+def ones_like_params():
+    return jax.tree.map(lambda p: jnp.ones_like(p, jnp.float32), toy_params())
+
+
+def test_param_labels_follow_rule_order():
+    cfg = optim_config(
+        "sgd", frozen_params=("^bn/",), delayed_params=("bias",), constant_lr_params=("dense",)
+    )
+    assert param_labels(cfg)(toy_params()) == {
+        "dense": {"kernel": "constant", "bias": "delayed"},
+        "bn": {"scale": "frozen", "bias": "frozen"},
+    }
+
+
+def test_constant_lr_params_ignore_the_schedule():
+    cfg = plain_sgd(constant_lr_params=("^dense/kernel$",))
+    opt = make_optimizer(cfg, lambda count: 0.1 / (count + 1), peak_lr=0.5)
+    params, grads = ones_like_params(), ones_like_params()
+    state = opt.init(params)
+    for step in range(3):
+        updates, state = opt.update(grads, state, params)
+        np.testing.assert_allclose(updates["dense"]["kernel"], -0.5)  # peak lr, every step
+        np.testing.assert_allclose(updates["dense"]["bias"], -0.1 / (step + 1), rtol=1e-6)
+
+
+def test_frozen_params_never_move_and_hold_no_state():
+    cfg = optim_config("adamw", weight_decay=0.1, frozen_params=("^bn/",))
+    opt = make_optimizer(cfg, 0.01)
+    params = ones_like_params()
+    state = opt.init(params)
+    updates, _ = opt.update(ones_like_params(), state, params)
+    np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)
+    np.testing.assert_array_equal(updates["bn"]["bias"], 0.0)
+    assert np.all(np.asarray(updates["dense"]["kernel"]) != 0.0)
+    sizes = sum(np.size(x) for x in jax.tree.leaves(state))
+    moments = 2 * sum(np.size(x) for x in jax.tree.leaves(toy_params()["dense"]))
+    assert sizes < moments + 10  # Adam moments only for the dense leaves, plus counts
+
+
+def test_delayed_params_start_like_fresh_pytorch_params_after_the_delay():
+    delay, lrs = 2, [0.1, 0.2, 0.3, 0.4]
+    cfg = optim_config("adamw", weight_decay=0.5, delayed_params=("^dense/kernel$",))
+    schedule = lambda count: jnp.asarray(lrs)[count]
+    opt = make_optimizer(cfg, schedule, delay_steps=delay)
+    params = ones_like_params()
+    state = opt.init(params)
+    kernels = []
+    for step in range(4):
+        grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), toy_grads(step))
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        kernels.append(np.asarray(params["dense"]["kernel"]))
+    np.testing.assert_array_equal(kernels[0], 1.0)  # frozen: no Adam step, no decay
+    np.testing.assert_array_equal(kernels[1], 1.0)
+    # Step 2 is the parameter's first AdamW step (bias correction t=1: m/v-hat = g, g^2,
+    # so the Adam direction is g/|g|) at the global lr of step 2, decay on the weights.
+    g = toy_grads(2)["dense"]["kernel"]
+    expected = 1.0 - lrs[2] * (g / (np.abs(g) + 1e-8) + 0.5 * 1.0)
+    np.testing.assert_allclose(kernels[2], expected, rtol=1e-5)
+    assert not np.allclose(kernels[3], kernels[2])
+
+
+def test_clip_grad_per_param_clips_each_tensor_to_its_own_norm():
+    cfg = plain_sgd(clip_grad_per_param=1.0)
+    opt = make_optimizer(cfg, 1.0)
+    grads = toy_grads(0)
+    updates, _ = opt.update(
+        jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads),
+        opt.init(toy_params()),
+        toy_params(),
+    )
+    for path in (("dense", "kernel"), ("dense", "bias"), ("bn", "scale")):
+        g = grads[path[0]][path[1]]
+        norm = np.linalg.norm(g)
+        expected = g / (norm + 1e-6) if norm > 1.0 else g
+        np.testing.assert_allclose(-updates[path[0]][path[1]], expected, rtol=1e-5)
+
+
+def test_weight_decay_end_is_a_cosine_from_start_to_end():
+    cfg = optim_config("adamw", weight_decay=0.04, weight_decay_end=0.4)
+    opt = make_optimizer(cfg, 1.0, total_steps=4)
+    params = ones_like_params()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = opt.init(params)
+    decays = []
+    for _ in range(5):
+        updates, state = opt.update(zeros, state, params)
+        decays.append(-float(updates["dense"]["kernel"][0, 0]))  # lr 1 x wd(t) x w=1
+    np.testing.assert_allclose(decays[0], 0.04, rtol=1e-6)
+    np.testing.assert_allclose(decays[2], 0.22, rtol=1e-6)
+    np.testing.assert_allclose(decays[4], 0.4, rtol=1e-6)

@@ -66,3 +66,8 @@ def test_cosine_increase_endpoints():
 def test_linear_warmup_then_constant_endpoints():
     values = [float(linear_warmup_then_constant(0.04, 0.07, s, 30)) for s in (0, 15, 30, 90)]
     np.testing.assert_allclose(values, [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+
+
+def test_cosine_ends_at_final_lr():
+    lrs = lr_at(schedule_config(final_lr=0.1), [20, 110, 200])
+    np.testing.assert_allclose(lrs, [0.4, 0.25, 0.1], atol=1e-6)
