@@ -26,7 +26,7 @@ from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.txt"
-PLOT_PREFIXES = ("knn", "linear", "collapse")
+PLOT_PREFIXES = ("knn", "linear", "collapse", "effective_rank")
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -199,7 +199,7 @@ class MetricWriter:
         return table
 
     def plots(self) -> list[str]:
-        """PNG plots of loss, lr and every knn*/linear*/collapse* metric vs step."""
+        """PNG plots of loss, lr, kNN, linear and collapse diagnostics vs step."""
         if not self.enabled:
             return []
         rows = read_metrics(self.workdir)
