@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from ssl_jax import methods, optim, parallel, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import pipeline
+from ssl_jax.evaluate import collapse
 from ssl_jax.evaluate.runner import Evaluator
 from ssl_jax.state import TrainState
 from ssl_jax.writer import MetricWriter
@@ -72,7 +73,8 @@ def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
             grad_norm=optax.global_norm(grads),
             param_norm=optax.global_norm(params),  # of the updated params: a finite
             # value here is what makes the next checkpoint safe to write
-            collapse_std=jnp.mean(jnp.std(aux["embeddings"], axis=0)),
+            collapse_std=collapse.embedding_std(aux["embeddings"]),
+            effective_rank=collapse.effective_rank(aux["embeddings"]),
             **aux["metrics"],
         )
         return new_state, metrics
@@ -103,10 +105,17 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
     parallel.check_global_batch(config.input.global_batch_size, mesh)
     method = methods.get_method(config.method)  # init_extra validates the method's sizes
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
-    total = schedules.total_steps(config.schedule, spe)
+    config = schedules.resolve_steps(config, spe)  # methods schedule by step
+    total = config.schedule.total_steps
     peak_lr = optim.scaled_lr(config.optim, config.input.global_batch_size)
     lr_fn = schedules.lr_schedule(peak_lr, config.schedule, spe)
-    tx = optim.make_optimizer(config.optim, lr_fn)
+    tx = optim.make_optimizer(
+        config.optim,
+        lr_fn,
+        peak_lr=peak_lr,
+        total_steps=total,
+        delay_steps=schedules.epochs_to_steps(config.optim.delay_epochs, config.schedule, spe),
+    )
     model = method.make_model(config)
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     init = jax.jit(make_init_fn(method, model, tx, config), out_shardings=repl)
@@ -198,6 +207,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     evaluator = Evaluator(config, setup.model, mesh)
     buffer = _MetricBuffer()
+    warned_collapse = False
     try:
         with jax.set_mesh(mesh):
             for step in range(start_step, setup.total_steps):
@@ -210,6 +220,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     values = buffer.flush(last_good)
                     writer.write(done, values)
                     writer.progress(done, values)
+                    warning = collapse.collapse_warning(done, values)
+                    if warning and not warned_collapse:
+                        writer.info(warning)
+                        warned_collapse = True  # once: a collapsed run rarely recovers
                 knn_every = config.evals.knn_every_steps
                 if knn_every and done % knn_every == 0 and not is_last:
                     scores = evaluator.knn(state, prefix="knn")

@@ -63,6 +63,14 @@ def test_smoke_run_writes_report_metrics_and_checkpoints(moco_run):
         assert os.path.exists(os.path.join(workdir, name)), name
 
 
+def test_collapse_diagnostics_are_logged_and_plotted(moco_run):
+    _, workdir, report = moco_run
+    rows = [r for r in _rows(workdir) if "loss" in r]
+    assert all(0 < r["collapse_std"] < 1 and r["effective_rank"] >= 1 for r in rows)
+    plots = {os.path.basename(p) for p in report["plots"]}
+    assert {"collapse_std.png", "effective_rank.png"} <= plots
+
+
 def _final_state(config, workdir):
     return jax.device_get(train.restore_state(config, workdir)[1])
 
