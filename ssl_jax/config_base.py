@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
             drop_path=0.0,  # stochastic depth at the last block, linear in depth
             frozen_patch_embed=False,  # MoCo v3's random, frozen patch projection
             pool="cls",  # features for evaluation: class token or "gap" of patch tokens
+            num_heads=0,  # 0: the registry's (timm/DINO); MoCo v3's vit_small uses 12
         ),
     )
     c.input = dict(

@@ -64,6 +64,7 @@ def _make_vit(model_cfg: Any, image_size: int) -> ViT:
     if vit_cfg.pool not in POOLS:
         raise ValueError(f"Unknown model.vit.pool {vit_cfg.pool!r}; valid values: {POOLS}.")
     width, depth, heads = VITS[model_cfg.backbone]
+    heads = vit_cfg.get("num_heads", 0) or heads  # MoCo v3's ViT-S has 12 heads, not 6
     return ViT(
         width=width,
         depth=depth,
