@@ -81,3 +81,91 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array
 def top1_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose arg-max is the label (in %)."""
     return 100.0 * jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def moco_v3_contrastive(
+    q: jax.Array, k: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
+    """MoCo v3's ctr(q, k): InfoNCE of each query against every key of the global batch.
+
+    L = 2T * mean_i -log( exp(q_i.k_i / T) / sum_j exp(q_i.k_j / T) )
+
+    with q and k L2-normalised; the positive of q_i is k_i (the diagonal) and the other
+    B - 1 keys of the whole global batch are its negatives. The 2T factor is the
+    reference's (moco-v3 builder.py), which makes the gradient scale insensitive to T.
+
+    Args:
+      q: queries [B, D] (the online predictor's outputs), normalised here.
+      k: keys [B, D] (the momentum encoder's projections, already stop-gradient).
+      temperature: T.
+
+    Returns:
+      (loss, logits [B, B]).
+    """
+    chex.assert_rank([q, k], 2)
+    chex.assert_equal_shape([q, k])
+    q, k = l2_normalize(q), l2_normalize(k)
+    logits = jnp.einsum("nd,md->nm", q, k) / temperature  # [B, B]
+    labels = jnp.arange(q.shape[0])
+    return cross_entropy(logits, labels) * (2.0 * temperature), logits
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Row-wise cosine similarity of ``[B, D]`` arrays -> ``[B]``."""
+    chex.assert_rank([a, b], 2)
+    chex.assert_equal_shape([a, b])
+    return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+    """SimSiam's D(p, z) = -mean_i cos(p_i, z_i) over the global batch (Chen & He, eq. 1).
+
+    The caller applies the stop-gradient to ``z``: D itself is symmetric in its inputs.
+    """
+    return -jnp.mean(cosine_similarity(p, z))
+
+
+def normalized_l2(q: jax.Array, z: jax.Array) -> jax.Array:
+    """BYOL's regression loss, mean_i ||q_i/|q_i| - z_i/|z_i|||^2 = mean_i (2 - 2 cos(q_i, z_i))
+    (Grill et al., eq. 2; byol/utils/helpers.py regression_loss, averaged over the batch).
+    The caller applies the stop-gradient to the target ``z``."""
+    chex.assert_rank([q, z], 2)
+    chex.assert_equal_shape([q, z])
+    diff = l2_normalize(q) - l2_normalize(z)  # [B, d]
+    return jnp.mean(jnp.sum(diff * diff, axis=-1))
+
+
+def dino_cross_entropy(
+    student: jax.Array,
+    teacher: jax.Array,
+    center: jax.Array,
+    student_temp: float | jax.Array,
+    teacher_temp: float | jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """DINO's loss between the student's crops and the teacher's (global) crops.
+
+    With P_t = softmax((t - center) / teacher_temp) and log P_s = log_softmax(s /
+    student_temp), the loss averages over every pair (teacher crop i, student crop v) with
+    v != i (teacher crop i is student crop i: the global crops come first):
+
+        L = mean_{i, v != i} mean_b sum_k -P_t[i, b, k] log P_s[v, b, k]
+
+    Args:
+      student: student logits [V, B, K], crop-major, the T global crops first.
+      teacher: teacher logits [T, B, K] of the global crops (already stop-gradient).
+      center: [K] running mean of the teacher logits.
+      student_temp, teacher_temp: tau_s and tau_t.
+
+    Returns:
+      (loss, P_t [T, B, K]).
+    """
+    chex.assert_rank([student, teacher, center], [3, 3, 1])
+    chex.assert_equal_shape([student[0], teacher[0]])
+    v, t = student.shape[0], teacher.shape[0]
+    if v < t or v < 2:
+        raise ValueError(f"DINO needs >= 2 student crops and >= the {t} teacher crops, got {v}")
+    log_ps = jax.nn.log_softmax(student.astype(jnp.float32) / student_temp, axis=-1)
+    p_t = jax.nn.softmax((teacher.astype(jnp.float32) - center) / teacher_temp, axis=-1)
+    ce = -jnp.einsum("tbk,vbk->tv", p_t, log_ps) / student.shape[1]  # [T, V]
+    valid = 1.0 - jnp.eye(t, v, dtype=jnp.float32)  # no pair of a crop with itself
+    return jnp.sum(ce * valid) / jnp.sum(valid), p_t

@@ -32,7 +32,7 @@ def _two_steps(config, mesh):
     return losses, jax.device_get(state)
 
 
-@pytest.mark.parametrize("name", ["moco_v2", "simclr"])
+@pytest.mark.parametrize("name", ["moco_v2", "simclr", "simsiam", "byol", "moco_v3", "dino"])
 def test_result_does_not_depend_on_device_count(name):
     config = load_config(name)
     one = parallel.make_mesh(jax.devices()[:1])

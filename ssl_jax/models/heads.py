@@ -92,3 +92,93 @@ class MLPHead(nn.Module):
             dtype=self.dtype,
             name=name,
         )
+
+
+# DINO's _init_weights: trunc_normal_(std=.02) with the default cut at +-2 in absolute
+# value, i.e. +-100 std: in effect an untruncated normal.
+dino_dense_init = nn.initializers.normal(0.02)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (facebookresearch/dino vision_transformer.py ``DINOHead``).
+
+    ``num_layers - 1`` hidden Dense(hidden_dim) -> (BN if ``use_bn``) -> GELU, a
+    Dense(bottleneck_dim), L2 normalisation, then the weight-normalised prototypes layer
+    ``last_layer``: logits = z @ (g * v / ||v||), columns normalised over the input axis,
+    no bias. ``v`` keeps PyTorch nn.Linear's default init (the reference creates the layer
+    after ``_init_weights`` ran); the gain ``g`` starts at 1 and, with ``norm_last_layer``,
+    stays 1 (it is then no parameter at all, so only the directions are learned).
+
+    Both ``last_layer/kernel`` and ``last_layer/scale`` live under ``last_layer`` so a
+    "last_layer" regex selects them (DINO freezes them during the first epoch). ``scale``
+    is stored [1, out_dim] like PyTorch's weight_g [out_dim, 1], so the rank-based weight
+    decay mask decays it, as the reference's ``get_params_groups`` does.
+
+    ``__call__`` returns float32 logits [B, out_dim], or ``(logits, bottleneck)`` with
+    ``return_bottleneck`` (the L2-normalised [B, bottleneck_dim] features). The prototypes
+    layer runs in float32 whatever ``dtype``: its logits are divided by temperatures down
+    to 0.04.
+    """
+
+    out_dim: int
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_groups: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool, return_bottleneck: bool = False):
+        if self.num_layers < 1:
+            raise ValueError(f"DINOHead needs num_layers >= 1, got {self.num_layers}.")
+        x = x.astype(self.dtype)
+        for i in range(self.num_layers - 1):
+            # The reference's hidden Linear keeps its bias even when BN follows.
+            x = self._dense(self.hidden_dim, f"dense{i}")(x)
+            if self.use_bn:
+                x = BatchNorm(
+                    groups=self.bn_groups,
+                    momentum=self.bn_momentum,
+                    epsilon=self.bn_epsilon,
+                    dtype=self.dtype,
+                    name=f"bn{i}",
+                )(x, train)
+            x = nn.gelu(x, approximate=False)  # torch.nn.GELU is the exact (erf) form
+        x = self._dense(self.bottleneck_dim, f"dense{self.num_layers - 1}")(x)
+        x = x.astype(jnp.float32)
+        z = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # [B, b]
+        logits = WeightNormDense(
+            self.out_dim, trainable_scale=not self.norm_last_layer, name="last_layer"
+        )(z)  # [B, out_dim]
+        return (logits, z) if return_bottleneck else logits
+
+    def _dense(self, features: int, name: str) -> nn.Dense:
+        return nn.Dense(
+            features,
+            kernel_init=dino_dense_init,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+
+
+class WeightNormDense(nn.Module):
+    """Bias-free Dense with PyTorch ``weight_norm(dim=0)``: W = g * v / ||v||, each output
+    column normalised over the input axis. Float32 throughout. Without
+    ``trainable_scale`` g is the constant 1 (DINO's ``norm_last_layer``)."""
+
+    features: int
+    trainable_scale: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        v = self.param("kernel", torch_linear_init, (x.shape[-1], self.features), jnp.float32)
+        w = v / jnp.linalg.norm(v, axis=0, keepdims=True)  # [in, out], unit columns
+        if self.trainable_scale:
+            w = w * self.param("scale", nn.initializers.ones, (1, self.features), jnp.float32)
+        return x.astype(jnp.float32) @ w
