@@ -41,7 +41,9 @@ def test_result_does_not_depend_on_device_count(name):
     losses8, state8 = _two_steps(config, eight)
     np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+        # Summation order differs across device counts: float32 noise of ~1e-6 on weights
+        # of ~0.05; a semantic difference (per-device BN, per-shard negatives) is far larger.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
