@@ -163,10 +163,10 @@ def smoke():
 
 
 def smoke_vit():
-    """smoke with ViT-Tiny, 4-px patches: 4 x 4 tokens for global, 2 x 2 for local crops
+    """smoke with a 2-block ViT, 4-px patches: 4 x 4 tokens for global, 2 x 2 for local crops
     (the learned position embedding is interpolated)."""
     c = smoke()
-    c.model.update(backbone="vit_tiny")
+    c.model.update(backbone="vit_micro")
     c.model.vit.update(patch_size=4, pos_embed="learned", drop_path=0.1)
     return c
 

@@ -268,6 +268,7 @@ def test_head_last_layer_sits_under_last_layer_for_the_delayed_optimizer():
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["smoke", "smoke_vit"])
 def test_smoke_presets_train_end_to_end(preset, tmp_path):
     # Evaluation trimmed to the final kNN / probe of the trained state: training is whole.

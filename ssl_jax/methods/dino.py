@@ -12,16 +12,22 @@ local); g = head(backbone(x)) are K-way logits. With the center c and temperatur
     c <- m_c c + (1 - m_c) mean over the global batch and both global crops of g_t
     theta_t <- m theta_t + (1 - m) theta_s     (after the student's step)
 
-tau_s = 0.1; tau_t warms up linearly 0.04 -> 0.07 over the first 30 epochs; m_c = 0.9;
-m goes 0.996 -> 1 with a per-step cosine. The student's backbone runs once per crop
-resolution (global, local) as MultiCropWrapper does, then the head runs on all crops
-together; BatchNorm (ResNet, optional head BN) is global (the reference's SyncBN), and the
-teacher uses batch statistics too (it is never put in eval mode there).
+tau_s = 0.1; tau_t warms up linearly 0.04 -> 0.07 over the first 30 epochs, indexed by
+epoch as DINOLoss does (np.linspace over the warm-up epochs, so epoch W - 1 reaches the
+final value), with epoch = floor(step * epochs / total_steps), the epochs of the (possibly
+compressed) step schedule; m_c = 0.9; m goes 0.996 -> 1 with a per-step cosine. The
+student's backbone runs once per crop resolution (global, local) as MultiCropWrapper does,
+then the head runs on all crops together; BatchNorm (ResNet, optional head BN) is global
+(the reference's SyncBN), and the teacher uses batch statistics too (it is never put in
+eval mode there) and keeps its own running statistics (the EMA covers parameters only).
+
+The collapse diagnostics get the L2-normalised bottleneck of global crop 1: the unit
+vectors the prototypes score, so the per-dimension std reads as for the other methods
+(about 1/sqrt(256) when spread out, 0 when collapsed). The K-way logits would put it near
+1/sqrt(65536) even when healthy. Metrics: the teacher entropy h(P_t) and KL(P_t || P_s)
+(paper Fig. 7: a uniform collapse drives KL to 0 with h(P_t) -> log K), the center norm.
 
 Differences from the reference implementation:
-- The teacher temperature is indexed by epoch as in DINOLoss (np.linspace over the warm-up
-  epochs, so epoch W - 1 reaches the final value), with epoch = floor(step * epochs /
-  total_steps): the epochs of the (possibly compressed) step schedule.
 - The kNN monitor and the linear probe evaluate the student backbone; the reference's
   eval_knn.py / eval_linear.py default to the teacher (--checkpoint_key teacher).
 - The prototypes layer and the loss run in float32 (the reference runs in fp16 autocast).
@@ -219,10 +225,7 @@ def loss_fn(params, state, batch, rng, *, model, config):
     )
     aux = dict(
         batch_stats=batch_stats,
-        # The L2-normalised bottleneck of global crop 1: the representation the prototypes
-        # score, unit-norm as the other methods' embeddings, so the collapse std reads the
-        # same way (1/sqrt(bottleneck_dim) when spread out, 0 when collapsed).
-        embeddings=z[0],
+        embeddings=z[0],  # the bottleneck of global crop 1 (see the module docstring)
         metrics=metrics,
         teacher_output=t,
         target_batch_stats=updates_t.get("batch_stats", extra["target_batch_stats"]),
