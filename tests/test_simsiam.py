@@ -38,8 +38,8 @@ def _neg_cos(p, z):
 
 @pytest.fixture(scope="module")
 def results():
-    """Everything the loss tests compare, from one model and state and three jitted
-    gradient computations (a shared 2-core CPU pays dearly for op-by-op dispatch)."""
+    """Everything the loss tests compare, from one model, state and batch, in one jitted
+    computation (a shared 2-core CPU pays dearly for op-by-op dispatch and compiles)."""
     config = _config()
     model = simsiam.make_model(config)
     init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8, 8, 3)), train=False))
@@ -48,15 +48,14 @@ def results():
     state = TrainState(jnp.zeros((), jnp.int32), params, stats, None, {})
     views = jax.random.normal(jax.random.key(1), (8, 2, 8, 8, 3))
 
-    def method(cfg):
+    def method(params, cfg):
         def loss(p):
             return simsiam.loss_fn(
                 p, state, {"views": views}, jax.random.key(2), model=model, config=cfg
             )
 
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return jax.value_and_grad(loss, has_aux=True)(params)
 
-    @jax.jit
     def by_hand(params):
         # The gradient with z1, z2 held constant, the paper's sg(z) written out: they
         # enter the differentiated function as inputs, not as functions of the params.
@@ -69,11 +68,15 @@ def results():
 
         return (z1, p1, z2, p2), jax.grad(loss)(params, z1, z2)
 
-    return dict(
-        method=method(config),
-        no_stop_gradient=method(_config(stop_gradient=False)),
-        by_hand=by_hand(params),
-    )
+    @jax.jit
+    def run(params):
+        return dict(
+            method=method(params, config),
+            no_stop_gradient=method(params, _config(stop_gradient=False)),
+            by_hand=by_hand(params),
+        )
+
+    return run(params)
 
 
 def _np_neg_cos(p, z):
