@@ -145,9 +145,6 @@ def digits():
     )
     c.optim.lr = 2e-3  # 1e-3 at batch 128
     c.schedule.update(epochs=40.0, warmup_epochs=10.0)
-    c.evals.knn_every_steps = 200
-    c.ckpt.every_steps = 200
-    c.log_every_steps = 20
     return c
 
 

@@ -46,9 +46,6 @@ def digits():
     c.moco.update(queue_size=1024, momentum=0.99, temperature=0.1, bn_groups=8)
     c.optim.update(lr=0.06, weight_decay=5e-4)
     c.schedule.update(epochs=60.0, decay="cosine")
-    c.evals.knn_every_steps = 200
-    c.ckpt.every_steps = 200
-    c.log_every_steps = 20
     return c
 
 

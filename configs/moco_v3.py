@@ -165,9 +165,6 @@ def digits():
     c.moco_v3.temperature = 0.5
     c.optim.update(lr=0.6, weight_decay=1e-6)
     c.schedule.update(epochs=40.0, warmup_epochs=5.0)
-    c.evals.knn_every_steps = 200
-    c.ckpt.every_steps = 200
-    c.log_every_steps = 20
     return c
 
 

@@ -60,9 +60,6 @@ def digits():
     c.simclr.temperature = 0.5
     c.optim.update(lr=1.0, weight_decay=1e-6)
     c.schedule.update(epochs=60.0, warmup_epochs=5.0)
-    c.evals.knn_every_steps = 200
-    c.ckpt.every_steps = 200
-    c.log_every_steps = 20
     return c
 
 

@@ -75,9 +75,6 @@ def digits():
     # 92.2 / 93.1): the paper's 0.05 x bs/256 barely moves the loss in so few steps.
     c.optim.update(lr=1.0, weight_decay=5e-4)
     c.schedule.update(epochs=60.0)
-    c.evals.knn_every_steps = 200
-    c.ckpt.every_steps = 200
-    c.log_every_steps = 20
     return c
 
 

@@ -129,7 +129,9 @@ def use_digits(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigD
     )
     set_views(config, recipe, recipe)
     config.model.update(backbone="resnet_tiny", stem="cifar")
-    config.evals.update(knn_k=20, knn_temperature=0.1, linear_epochs=100)
+    config.evals.update(knn_k=20, knn_temperature=0.1, linear_epochs=100, knn_every_steps=200)
+    config.ckpt.every_steps = 200
+    config.log_every_steps = 20
 
 
 def use_cifar10(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict) -> None:

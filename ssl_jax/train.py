@@ -74,12 +74,20 @@ def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
             param_norm=optax.global_norm(params),  # of the updated params: a finite
             # value here is what makes the next checkpoint safe to write
             collapse_std=collapse.embedding_std(aux["embeddings"]),
-            effective_rank=collapse.effective_rank(aux["embeddings"]),
+            effective_rank=_on_log_steps(collapse.effective_rank, aux["embeddings"], state, config),
             **aux["metrics"],
         )
         return new_state, metrics
 
     return update_fn
+
+
+def _on_log_steps(fn: Callable, x: jax.Array, state: TrainState, config) -> jax.Array:
+    """``fn(x)`` on the steps whose metrics the loop logs, NaN on the others: keeps an
+    eigendecomposition (the effective rank) out of the steps nobody reads."""
+    done = state.step + 1
+    logged = (done % config.log_every_steps == 0) | (done == config.schedule.total_steps)
+    return jax.lax.cond(logged, fn, lambda _: jnp.full((), jnp.nan, jnp.float32), x)
 
 
 def make_init_fn(method, model, tx, config) -> Callable[[jax.Array], TrainState]:

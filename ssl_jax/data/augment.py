@@ -87,16 +87,6 @@ def _simclr_strength(s: float) -> dict[str, float]:
 
 # BYOL and DINO share the colour part (jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2) and
 # the blur sigma range; the views differ in blur / solarize probabilities and crop scale.
-_BYOL_COMMON = dict(
-    crop_scale=(0.08, 1.0),
-    jitter_p=0.8,
-    brightness=0.4,
-    contrast=0.4,
-    saturation=0.2,
-    hue=0.1,
-    grayscale_p=0.2,
-    blur_sigma=(0.1, 2.0),
-)
 _DINO_COMMON = dict(
     jitter_p=0.8,
     brightness=0.4,
@@ -106,6 +96,7 @@ _DINO_COMMON = dict(
     grayscale_p=0.2,
     blur_sigma=(0.1, 2.0),
 )
+_BYOL_COMMON = dict(crop_scale=(0.08, 1.0), **_DINO_COMMON)
 
 
 RECIPES: dict[str, dict[str, Any]] = {

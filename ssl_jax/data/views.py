@@ -123,9 +123,8 @@ def make_views(
             f"views {local_names} are not of input.image_size={image_size} (multi-crop); "
             "use make_crops"
         )
-    names = view_names(views_cfg)
-    kw = dict(image_size=image_size, mean=mean, std=std)
-    return tf.stack([_view(image, example_seed, views_cfg, names, n, **kw) for n in names])
+    crops = make_crops(image, example_seed, views_cfg, image_size=image_size, mean=mean, std=std)
+    return crops["views"]  # [V, S, S, 3]
 
 
 def make_crops(
