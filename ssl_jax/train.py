@@ -46,6 +46,12 @@ class Setup:
     total_steps: int
     init: Callable[[jax.Array], TrainState]  # jitted: key -> replicated state
     update: Callable[..., tuple[TrainState, dict]]  # jitted, donates the state
+    # The method's choice of the variables to evaluate (DINO: its teacher); None: the
+    # trained encoder's own.
+    eval_variables: Callable[[TrainState], dict] | None
+
+    def evaluator(self, config: ml_collections.ConfigDict) -> Evaluator:
+        return Evaluator(config, self.model, self.mesh, self.eval_variables)
 
 
 def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
@@ -133,7 +139,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
-    return Setup(mesh, model, spe, total, init, update)
+    eval_variables = getattr(method, "eval_variables", None)
+    return Setup(mesh, model, spe, total, init, update, eval_variables)
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
@@ -213,7 +220,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    evaluator = Evaluator(config, setup.model, mesh)
+    evaluator = setup.evaluator(config)
     buffer = _MetricBuffer()
     warned_collapse = False
     try:
@@ -280,7 +287,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     """kNN and linear probe of a finished or running run's latest checkpoint."""
     setup, state = restore_state(config, workdir)
     with jax.set_mesh(setup.mesh):
-        scores = Evaluator(config, setup.model, setup.mesh).scores(state)
+        scores = setup.evaluator(config).scores(state)
     step = int(np.asarray(state.step.addressable_data(0)))
     scores = {"step": step, **scores}
     if jax.process_index() == 0:

@@ -303,3 +303,24 @@ def test_presets_use_the_reference_multi_crop(preset, crops, local_size, global_
     assert tuple(views.view1.crop_scale) == global_scale
     assert tuple(views.view3.crop_scale) == local_scale
     assert (views.view1.blur_p, views.view2.blur_p, views.view2.solarize_p) == (1.0, 0.1, 0.2)
+
+
+def test_evaluations_read_the_teacher():
+    """The kNN monitor, the final report and `evaluate` embed with the teacher's
+    parameters and running statistics (eval_knn.py --checkpoint_key teacher)."""
+    config = load_config("dino", "smoke", input__eval_test_split="test[:64]")
+    mesh = parallel.make_mesh()
+    setup = train.build(config, mesh)
+    assert setup.eval_variables is dino.eval_variables
+    state = setup.init(jax.random.key(0))
+    teacher = jax.tree.map(lambda p: 0.5 * p + 0.01, state.extra["target_params"])
+    state = state.replace(extra={**state.extra, "target_params": teacher})
+    as_student = state.replace(params=teacher, batch_stats=state.extra["target_batch_stats"])
+    split = config.input.eval_test_split
+    own = train.Evaluator(config, setup.model, mesh)  # no hook: the state's own params
+    with jax.set_mesh(mesh):
+        x_teacher, _ = setup.evaluator(config).features(state, split)
+        x_student, _ = own.features(state, split)
+        x_expected, _ = own.features(as_student, split)
+    np.testing.assert_allclose(x_teacher, x_expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(x_teacher, x_student, atol=1e-3)

@@ -1,12 +1,15 @@
 """Runs the evaluations of a train state: the kNN monitor and the final report.
 
 The encoder is frozen and used in eval mode (BatchNorm running statistics); features are
-the backbone's pooled output. The final report puts the pretrained encoder beside the
-same architecture at its random initialisation, so the gain from pretraining is visible.
+the backbone's pooled output, computed from the variables ``variables_of(state)`` picks
+(the trained encoder by default; a method may choose another, as DINO its teacher). The
+final report puts the pretrained encoder beside the same architecture at its random
+initialisation, so the gain from pretraining is visible.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,7 +25,13 @@ from ssl_jax.evaluate.linear import linear_probe
 
 
 class Evaluator:
-    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model: nn.Module,
+        mesh: Mesh,
+        variables_of: Callable[[Any], dict] | None = None,
+    ):
         devices = mesh.devices.size
         if config.evals.batch_size % devices:
             raise ValueError(
@@ -30,12 +39,15 @@ class Evaluator:
                 f"{devices} devices; use a multiple of {devices}."
             )
         self.config, self.mesh = config, mesh
+        self.variables_of = variables_of or (
+            lambda state: {"params": state.params, "batch_stats": state.batch_stats}
+        )
         self._embed = jax.jit(
             lambda variables, x: model.apply(variables, x, train=False, method="embed")
         )
 
     def features(self, state: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = self.variables_of(state)
         batches = pipeline.eval_iterator(
             self.config.input,
             split,

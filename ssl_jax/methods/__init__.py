@@ -1,7 +1,8 @@
 """Methods, one module each, loaded by name (no base classes).
 
 Each module exports get_config, make_model, init_extra, loss_fn and update_extra
-(DESIGN.md, "Train state and methods").
+(DESIGN.md, "Train state and methods"), and may export eval_variables(state) to choose
+the variables the evaluations read (DINO: its teacher).
 """
 
 from __future__ import annotations

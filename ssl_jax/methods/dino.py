@@ -27,9 +27,11 @@ vectors the prototypes score, so the per-dimension std reads as for the other me
 1/sqrt(65536) even when healthy. Metrics: the teacher entropy h(P_t) and KL(P_t || P_s)
 (paper Fig. 7: a uniform collapse drives KL to 0 with h(P_t) -> log K), the center norm.
 
+The kNN monitor and the linear probe evaluate the teacher backbone (``eval_variables``),
+as the paper reports and eval_knn.py / eval_linear.py do by default (--checkpoint_key
+teacher).
+
 Differences from the reference implementation:
-- The kNN monitor and the linear probe evaluate the student backbone; the reference's
-  eval_knn.py / eval_linear.py default to the teacher (--checkpoint_key teacher).
 - The prototypes layer and the loss run in float32 (the reference runs in fp16 autocast).
 - With a `views` batch (no multi-crop) the first two views are the global crops and any
   further same-size views are student-only crops.
@@ -120,6 +122,12 @@ def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict)
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         center=jnp.zeros((config.model.head.out_dim,), jnp.float32),  # [K]
     )
+
+
+def eval_variables(state: Any) -> dict:
+    """The teacher's parameters and running statistics: what the evaluations read."""
+    extra = state.extra
+    return {"params": extra["target_params"], "batch_stats": extra["target_batch_stats"]}
 
 
 def teacher_temperature(step: Any, config: ml_collections.ConfigDict) -> jax.Array:
