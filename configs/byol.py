@@ -6,7 +6,7 @@ Usage: --config=configs/byol.py:<preset> with preset in digits, cifar10, imagene
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import byol
 
 # byol/configs/byol.py _LR_PRESETS, _WD_PRESETS, _EMA_PRESETS by epoch budget:
@@ -44,8 +44,8 @@ def _byol():
 
 def _imagenet(epochs: int):
     c = _byol()
-    config_base.use_imagenet(c, augment.recipe("byol_view1"))
-    config_base.set_views(c, augment.recipe("byol_view1"), augment.recipe("byol_view2"))
+    config_base.use_imagenet(c, recipes.recipe("byol_view1"))
+    config_base.set_views(c, recipes.recipe("byol_view1"), recipes.recipe("byol_view2"))
     c.input.global_batch_size = 4096
     lr, wd, tau = IMAGENET_PRESETS[epochs]
     c.optim.update(lr=lr, weight_decay=wd)
@@ -73,11 +73,11 @@ def cifar10():
     0.02, wd 1e-5, tau_base 0.99, 1000 epochs with 10 warm-up; BYOL's asymmetric views
     without blur (3 taps at 32 px)."""
     c = _byol()
-    config_base.use_cifar10(c, augment.recipe("byol_view1"))
+    config_base.use_cifar10(c, recipes.recipe("byol_view1"))
     config_base.set_views(
         c,
-        augment.recipe("byol_view1", blur_p=0.0),
-        augment.recipe("byol_view2", blur_p=0.0),
+        recipes.recipe("byol_view1", blur_p=0.0),
+        recipes.recipe("byol_view2", blur_p=0.0),
     )
     c.input.global_batch_size = 256
     c.byol.tau_base = 0.99
@@ -89,7 +89,7 @@ def cifar10():
 def digits():
     """The CPU demo: 60 epochs (660 steps) on the 1,437 sklearn digits."""
     c = _byol()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=256, out_dim=64)
     c.model.predictor.update(hidden_dim=256, out_dim=64)
@@ -102,7 +102,7 @@ def digits():
 
 def smoke():
     c = _byol()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.byol.tau_base = 0.99
     return c
 

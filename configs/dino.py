@@ -6,7 +6,7 @@ imagenet_resnet50, smoke, smoke_vit, then any override, e.g.
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import dino
 
 
@@ -53,8 +53,8 @@ def _dino_crops(c, num_local: int, local_size: int, global_scale=None, local_sca
     lo = {} if local_scale is None else dict(crop_scale=local_scale)
     config_base.set_multicrop(
         c,
-        [augment.recipe("dino_global1", **g), augment.recipe("dino_global2", **g)],
-        augment.recipe("dino_local", **lo),
+        [recipes.recipe("dino_global1", **g), recipes.recipe("dino_global2", **g)],
+        recipes.recipe("dino_local", **lo),
         num_local=num_local,
         local_size=local_size,
     )
@@ -64,7 +64,7 @@ def imagenet():
     """The paper's ViT-S/16 setting (Sec. 4 "Implementation details"): batch 1024, 100
     epochs (the README's vanilla run), 2 x 224 + 8 x 96 crops (--local_crops_number 8)."""
     c = _dino()
-    config_base.use_imagenet(c, augment.recipe("dino_global1"))
+    config_base.use_imagenet(c, recipes.recipe("dino_global1"))
     c.model.update(backbone="vit_small")  # use_imagenet installs resnet50
     _dino_crops(c, num_local=8, local_size=96)
     c.input.global_batch_size = 1024
@@ -76,7 +76,7 @@ def imagenet_resnet50():
     --weight_decay 1e-4 --weight_decay_end 1e-4 --global_crops_scale 0.14 1
     --local_crops_scale 0.05 0.14, on 8 GPUs x 64 (--batch_size_per_gpu default)."""
     c = _dino()
-    config_base.use_imagenet(c, augment.recipe("dino_global1"))
+    config_base.use_imagenet(c, recipes.recipe("dino_global1"))
     c.model.update(backbone="resnet50", stem="imagenet")
     _dino_crops(c, num_local=8, local_size=96, global_scale=(0.14, 1.0), local_scale=(0.05, 0.14))
     c.input.global_batch_size = 512
@@ -96,7 +96,7 @@ def cifar10():
     dino.yaml, num_prototypes 4096) since 65,536 is sized for ImageNet; batch 256, 200
     epochs. Blur stays as in the reference recipes (3 taps at 32 px, 1 at 16 px)."""
     c = _dino()
-    config_base.use_cifar10(c, augment.recipe("dino_global1"))
+    config_base.use_cifar10(c, recipes.recipe("dino_global1"))
     c.model.update(backbone="vit_tiny")
     c.model.vit.update(patch_size=4, pos_embed="learned", drop_path=0.1)
     _dino_crops(c, num_local=6, local_size=16)
@@ -112,8 +112,8 @@ def _digits_crops(c, num_local: int, local_size: int):
     mild = dict(jitter_p=0.0)
     config_base.set_multicrop(
         c,
-        [augment.recipe("digits", crop_scale=(0.8, 1.0), **mild)] * 2,
-        augment.recipe("digits", crop_scale=(0.5, 0.9), **mild),
+        [recipes.recipe("digits", crop_scale=(0.8, 1.0), **mild)] * 2,
+        recipes.recipe("digits", crop_scale=(0.5, 0.9), **mild),
         num_local=num_local,
         local_size=local_size,
     )
@@ -136,7 +136,7 @@ def digits():
     reference's; the head is narrowed to the 128-d features.
     """
     c = _dino()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     _digits_crops(c, num_local=2, local_size=12)
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=256, out_dim=256)
@@ -152,7 +152,7 @@ def smoke():
     """resnet_tiny, 2 global 16-px + 2 local 8-px crops, 4 steps, the reference's
     temperatures."""
     c = _dino()
-    config_base.use_smoke(c, augment.recipe("digits"))  # head 32 -> 16 prototypes
+    config_base.use_smoke(c, recipes.recipe("digits"))  # head 32 -> 16 prototypes
     _digits_crops(c, num_local=2, local_size=8)
     c.dino.update(bottleneck_dim=16, warmup_teacher_temp_epochs=1)
     c.optim.delay_epochs = 0.25  # the last layer is frozen for the first step

@@ -4,7 +4,7 @@ Usage: --config=configs/moco_v1.py:<preset> with preset in digits, cifar10, imag
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import moco
 
 
@@ -22,7 +22,7 @@ def _moco_v1():
 
 def imagenet():
     c = _moco_v1()
-    config_base.use_imagenet(c, augment.recipe("moco_v1"))
+    config_base.use_imagenet(c, recipes.recipe("moco_v1"))
     c.input.global_batch_size = 256
     return c
 
@@ -30,7 +30,7 @@ def imagenet():
 def cifar10():
     """Exactly the MoCo CIFAR-10 demo: fc head, K 4096, m 0.99, T 0.1, cosine, bs 512."""
     c = _moco_v1()
-    config_base.use_cifar10(c, augment.recipe("moco_cifar"))
+    config_base.use_cifar10(c, recipes.recipe("moco_cifar"))
     c.input.global_batch_size = 512
     c.moco.update(queue_size=4096, momentum=0.99, temperature=0.1, bn_groups=8)
     c.optim.update(lr=0.03, weight_decay=5e-4)  # 0.06 at batch 512
@@ -40,7 +40,7 @@ def cifar10():
 
 def digits():
     c = _moco_v1()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.out_dim = 64
     c.moco.update(queue_size=1024, momentum=0.99, temperature=0.1, bn_groups=8)
@@ -51,7 +51,7 @@ def digits():
 
 def smoke():
     c = _moco_v1()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.schedule.decay = "cosine"
     c.moco.update(queue_size=64, momentum=0.99, temperature=0.1, bn_groups=2)
     return c

@@ -5,7 +5,7 @@ then any override, e.g. --config.optim.lr=0.06 --config.moco.symmetric=True.
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import moco
 
 
@@ -23,7 +23,7 @@ def _moco_v2() -> "config_base.ml_collections.ConfigDict":
 
 def imagenet():
     c = _moco_v2()
-    config_base.use_imagenet(c, augment.recipe("moco_v2"))
+    config_base.use_imagenet(c, recipes.recipe("moco_v2"))
     c.input.global_batch_size = 256  # 8 GPUs x 32
     return c
 
@@ -31,7 +31,7 @@ def imagenet():
 def cifar10():
     """MoCo CIFAR-10 demo (colab/moco_cifar10_demo.ipynb) with the v2 MLP head."""
     c = _moco_v2()
-    config_base.use_cifar10(c, augment.recipe("moco_cifar"))
+    config_base.use_cifar10(c, recipes.recipe("moco_cifar"))
     c.input.global_batch_size = 512
     c.model.head.hidden_dim = 512  # the MLP's hidden width is the backbone's feature dim
     c.moco.update(queue_size=4096, momentum=0.99, temperature=0.1, bn_groups=8)
@@ -43,7 +43,7 @@ def cifar10():
 def digits():
     """The CPU demo behind the README's first command (about 2 minutes on 2 cores)."""
     c = _moco_v2()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=128, out_dim=64)
     c.moco.update(queue_size=1024, momentum=0.99, temperature=0.1, bn_groups=8)
@@ -54,7 +54,7 @@ def digits():
 
 def smoke():
     c = _moco_v2()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.moco.update(queue_size=64, momentum=0.99, temperature=0.1, bn_groups=2)
     return c
 

@@ -8,7 +8,7 @@ override. ResNet-50 300 epochs (CONFIG.md): --config.optim.lr=0.3
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import moco_v3
 
 
@@ -17,8 +17,8 @@ def _byol_views(crop_min: float, blur: bool = True):
     solarize p 0 / 0.2, crop scale (--crop-min, 1)."""
     extra = {} if blur else dict(blur_p=0.0)
     return (
-        augment.recipe("byol_view1", crop_scale=(crop_min, 1.0), **extra),
-        augment.recipe("byol_view2", crop_scale=(crop_min, 1.0), **extra),
+        recipes.recipe("byol_view1", crop_scale=(crop_min, 1.0), **extra),
+        recipes.recipe("byol_view2", crop_scale=(crop_min, 1.0), **extra),
     )
 
 
@@ -89,7 +89,7 @@ def _vit(backbone: str):
 def imagenet():
     """ResNet-50, 100 epochs, batch 4096 (README: --moco-m-cos --crop-min=.2), 68.9% linear."""
     c = _resnet()
-    config_base.use_imagenet(c, augment.recipe("byol_view1"))
+    config_base.use_imagenet(c, recipes.recipe("byol_view1"))
     config_base.set_views(c, *_byol_views(0.2))
     c.input.global_batch_size = 4096
     return c
@@ -97,7 +97,7 @@ def imagenet():
 
 def _imagenet_vit(backbone: str):
     c = _vit(backbone)
-    config_base.use_imagenet(c, augment.recipe("byol_view1"))
+    config_base.use_imagenet(c, recipes.recipe("byol_view1"))
     c.model.backbone = backbone  # use_imagenet installs resnet50
     config_base.set_views(c, *_byol_views(0.08))  # ViT commands keep --crop-min=0.08
     c.input.global_batch_size = 4096  # README: all reported models use batch 4096
@@ -126,7 +126,7 @@ def cifar10():
     solo-learn's LARS uses eta 0.02 with the trust ratio clipped at 1; optax's LARS has no
     clipping, so this keeps the reference's eta 1e-3."""
     c = _resnet()
-    config_base.use_cifar10(c, augment.recipe("byol_view1"))
+    config_base.use_cifar10(c, recipes.recipe("byol_view1"))
     config_base.set_views(c, *_byol_views(0.08, blur=False))
     c.input.global_batch_size = 256
     c.moco_v3.temperature = 0.2
@@ -142,7 +142,7 @@ def cifar10_vit():
     warm-up), with 4-px patches so 32 px gives an 8 x 8 token grid (ViT-S/16 at 224: 14 x
     14), batch 512, and the cifar10 preset's views (BYOL's without blur)."""
     c = _vit("vit_tiny")
-    config_base.use_cifar10(c, augment.recipe("byol_view1"))
+    config_base.use_cifar10(c, recipes.recipe("byol_view1"))
     c.model.backbone = "vit_tiny"  # use_cifar10 installs resnet18
     c.model.vit.patch_size = 4
     config_base.set_views(c, *_byol_views(0.08, blur=False))
@@ -157,7 +157,7 @@ def digits():
     setting); base lr 1.2 no better than 0.6. zero_init_residual is off: with it a 60-epoch
     run reached only 89.7 (and the random-init baseline fell to 63)."""
     c = _resnet()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.zero_init_residual = False
     c.model.head.update(hidden_dim=128, out_dim=64)
@@ -170,7 +170,7 @@ def digits():
 
 def smoke():
     c = _resnet()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.moco_v3.temperature = 0.2
     return c
 
@@ -178,7 +178,7 @@ def smoke():
 def smoke_vit():
     """smoke with a 2-block ViT, 4-px patches (4 x 4 tokens at 16 px) and the ViT heads."""
     c = _vit("vit_micro")
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.model.backbone = "vit_micro"  # use_smoke installs resnet_tiny
     c.model.vit.patch_size = 4
     return c

@@ -6,7 +6,7 @@ Square-root lr scaling (0.075 x sqrt(bs), better for small batches / long runs):
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import simclr
 
 
@@ -35,7 +35,7 @@ def _simclr():
 
 def imagenet():
     c = _simclr()
-    config_base.use_imagenet(c, augment.recipe("simclr"))
+    config_base.use_imagenet(c, recipes.recipe("simclr"))
     c.input.global_batch_size = 4096
     return c
 
@@ -43,7 +43,7 @@ def imagenet():
 def cifar10():
     """The reference README's CIFAR-10 command: r18, bs 512, lr 1.0, T 0.5, no blur."""
     c = _simclr()
-    config_base.use_cifar10(c, augment.recipe("simclr_cifar"))
+    config_base.use_cifar10(c, recipes.recipe("simclr_cifar"))
     c.input.global_batch_size = 512
     c.model.head.hidden_dim = 512
     c.simclr.temperature = 0.5
@@ -54,7 +54,7 @@ def cifar10():
 
 def digits():
     c = _simclr()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=128, out_dim=64)
     c.simclr.temperature = 0.5
@@ -65,7 +65,7 @@ def digits():
 
 def smoke():
     c = _simclr()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.simclr.temperature = 0.5
     return c
 

@@ -6,7 +6,7 @@ Fig. 2: --config.simsiam.stop_gradient=False.
 """
 
 from ssl_jax import config_base
-from ssl_jax.data import augment
+from ssl_jax.data import recipes
 from ssl_jax.methods import simsiam
 
 # --fix-pred-lr (the README's command, paper Table 1 "lr not decayed"): the predictor
@@ -46,7 +46,7 @@ def _simsiam():
 def imagenet():
     """The README's 100-epoch run (68.1% linear top-1): ResNet-50, batch 512."""
     c = _simsiam()
-    config_base.use_imagenet(c, augment.recipe("moco_v2"))  # MoCo v2's augmentation
+    config_base.use_imagenet(c, recipes.recipe("moco_v2"))  # MoCo v2's augmentation
     c.input.global_batch_size = 512
     return c
 
@@ -56,7 +56,7 @@ def cifar10():
     projector (hidden and output 2048), batch 512, lr 0.03 x bs/256, wd 5e-4, 800 epochs,
     MoCo v2's augmentation without blur."""
     c = _simsiam()
-    config_base.use_cifar10(c, augment.recipe("simsiam_cifar"))
+    config_base.use_cifar10(c, recipes.recipe("simsiam_cifar"))
     c.input.global_batch_size = 512
     c.model.head.num_layers = 2
     c.optim.update(lr=0.03, weight_decay=5e-4)
@@ -67,7 +67,7 @@ def cifar10():
 def digits():
     """The CPU demo: 60 epochs (660 steps) on the 1,437 sklearn digits."""
     c = _simsiam()
-    config_base.use_digits(c, augment.recipe("digits"))
+    config_base.use_digits(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.update(num_layers=2, hidden_dim=128, out_dim=128)
     c.model.predictor.update(hidden_dim=32, out_dim=128)  # the paper's 4x bottleneck
@@ -80,7 +80,7 @@ def digits():
 
 def smoke():
     c = _simsiam()
-    config_base.use_smoke(c, augment.recipe("digits"))
+    config_base.use_smoke(c, recipes.recipe("digits"))
     c.model.predictor.update(hidden_dim=8)  # bottleneck below the head's out_dim 16
     return c
 

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ssl_jax.data import augment as aug
+from ssl_jax.data import recipes
 from ssl_jax.data import views as views_lib
 
 IDENTITY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
@@ -13,7 +14,7 @@ IDENTITY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:
     """moco_cifar with the named keys replaced; IDENTITY keys make the crop the whole image."""
-    return aug.recipe("moco_cifar", **overrides)
+    return recipes.recipe("moco_cifar", **overrides)
 
 
 def _colour_image(size: int = 16) -> tf.Tensor:
@@ -26,13 +27,13 @@ def _run(image, cfg, seed=(1, 2), size=16) -> np.ndarray:
 
 
 def test_output_shape_dtype_and_range():
-    out = _run(_colour_image(24), aug.recipe("simclr"), size=16)
+    out = _run(_colour_image(24), recipes.recipe("simclr"), size=16)
     assert out.shape == (16, 16, 3) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():
-    image, cfg = _colour_image(), aug.recipe("simclr")
+    image, cfg = _colour_image(), recipes.recipe("simclr")
     np.testing.assert_array_equal(_run(image, cfg, (3, 4)), _run(image, cfg, (3, 4)))
     assert not np.allclose(_run(image, cfg, (3, 4)), _run(image, cfg, (3, 5)))
 
@@ -104,7 +105,7 @@ def test_color_jitter_stays_in_range_and_changes_colours():
 
 
 def test_recipes_carry_the_paper_values():
-    v2 = aug.recipe("moco_v2")
+    v2 = recipes.recipe("moco_v2")
     assert (v2.crop_scale, v2.jitter_p, v2.hue, v2.grayscale_p, v2.blur_p) == (
         (0.2, 1.0),
         0.8,
@@ -112,23 +113,23 @@ def test_recipes_carry_the_paper_values():
         0.2,
         0.5,
     )
-    v1 = aug.recipe("moco_v1")
+    v1 = recipes.recipe("moco_v1")
     assert (v1.jitter_p, v1.hue, v1.blur_p) == (1.0, 0.4, 0.0)
-    simclr = aug.recipe("simclr")
+    simclr = recipes.recipe("simclr")
     assert (simclr.crop_scale, simclr.brightness, simclr.hue) == ((0.08, 1.0), 0.8, 0.2)
-    assert aug.recipe("simclr_cifar").brightness == pytest.approx(0.4)
-    assert aug.recipe("simclr_cifar").blur_p == 0.0
-    assert aug.recipe("digits").flip_p == 0.0
-    assert aug.recipe("moco_v2", blur_p=0.0).blur_p == 0.0
+    assert recipes.recipe("simclr_cifar").brightness == pytest.approx(0.4)
+    assert recipes.recipe("simclr_cifar").blur_p == 0.0
+    assert recipes.recipe("digits").flip_p == 0.0
+    assert recipes.recipe("moco_v2", blur_p=0.0).blur_p == 0.0
 
 
 def test_recipe_errors_name_the_offender():
     with pytest.raises(ValueError, match="'byol_v9'.*moco_v1, moco_v2, simclr"):
-        aug.recipe("byol_v9")
+        recipes.recipe("byol_v9")
     with pytest.raises(ValueError, match="blurp"):
-        aug.recipe("simclr", blurp=1.0)
+        recipes.recipe("simclr", blurp=1.0)
     with pytest.raises(ValueError, match="flip_p=1.5"):
-        aug.recipe("simclr", flip_p=1.5)
+        recipes.recipe("simclr", flip_p=1.5)
 
 
 def test_eval_preprocess_center_crop_and_resize():

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_base, parallel
-from ssl_jax.data import augment, pipeline
+from ssl_jax.data import pipeline, recipes
 from ssl_jax.data import views as views_lib
 
 GLOBAL, LOCAL = 16, 8  # the digits-sized multi-crop: 16 px global, 8 px local views
@@ -44,8 +44,8 @@ def _dino_views(num_local: int) -> ml_collections.ConfigDict:
     config.input.image_size = GLOBAL
     config_base.set_multicrop(
         config,
-        [augment.recipe("dino_global1"), augment.recipe("dino_global2")],
-        augment.recipe("dino_local"),
+        [recipes.recipe("dino_global1"), recipes.recipe("dino_global2")],
+        recipes.recipe("dino_local"),
         num_local=num_local,
         local_size=LOCAL,
     )
@@ -132,10 +132,10 @@ def test_local_crops_use_the_local_crop_scale(tmp_path):
     # Global crops cover 90-100% of the image, local ones 5-40%: swapping or sharing the
     # recipes between the groups moves the measured areas across the thresholds below.
     views = {
-        "view1": augment.recipe("mae", crop_scale=(0.9, 1.0)),
-        "view2": augment.recipe("mae", crop_scale=(0.9, 1.0)),
+        "view1": recipes.recipe("mae", crop_scale=(0.9, 1.0)),
+        "view2": recipes.recipe("mae", crop_scale=(0.9, 1.0)),
         **{
-            f"view{v}": augment.recipe("mae", crop_scale=(0.05, 0.4), size=LOCAL)
+            f"view{v}": recipes.recipe("mae", crop_scale=(0.05, 0.4), size=LOCAL)
             for v in range(3, 7)
         },
     }
@@ -153,11 +153,11 @@ def test_local_crops_use_the_local_crop_scale(tmp_path):
 def test_per_view_settings_reach_their_crop(tmp_path):
     # Bright images (>= 170/255): a solarized crop is all < 0.5, an untouched one all > 0.6.
     views = {
-        "view1": augment.recipe("mae"),
-        "view2": augment.recipe("mae", solarize_p=1.0),
-        "view3": augment.recipe("mae", size=LOCAL),
-        "view4": augment.recipe("mae", size=LOCAL, solarize_p=1.0),
-        "view5": augment.recipe("mae", size=LOCAL),
+        "view1": recipes.recipe("mae"),
+        "view2": recipes.recipe("mae", solarize_p=1.0),
+        "view3": recipes.recipe("mae", size=LOCAL),
+        "view4": recipes.recipe("mae", size=LOCAL, solarize_p=1.0),
+        "view5": recipes.recipe("mae", size=LOCAL),
     }
     rng = np.random.default_rng(1)
     images = rng.integers(170, 256, [8, 12, 12, 3], dtype=np.uint8)
@@ -172,22 +172,22 @@ def test_per_view_settings_reach_their_crop(tmp_path):
 
 def test_inconsistent_view_sizes_are_errors(tmp_path):
     mixed = dict(
-        view1=augment.recipe("mae"),
-        view2=augment.recipe("mae", size=8),
-        view3=augment.recipe("mae", size=12),
+        view1=recipes.recipe("mae"),
+        view2=recipes.recipe("mae", size=8),
+        view3=recipes.recipe("mae", size=12),
     )
     cfg = _input_cfg("digits", mixed)
     match = r"same size.*'view2': 8, 'view3': 12"
     with pytest.raises(ValueError, match=match):
         pipeline.pretrain_iterator(cfg, seed=0)  # fails when built, before any batch
     with pytest.raises(ValueError, match="no global view of input.image_size=16"):
-        views_lib.split_global_local(dict(view1=augment.recipe("mae", size=8)), GLOBAL)
+        views_lib.split_global_local(dict(view1=recipes.recipe("mae", size=8)), GLOBAL)
     with pytest.raises(ValueError, match=r"size 32, larger than the global input.image_size=16"):
         views_lib.split_global_local(
-            dict(view1=mixed["view1"], view2=augment.recipe("mae", size=32)), GLOBAL
+            dict(view1=mixed["view1"], view2=recipes.recipe("mae", size=32)), GLOBAL
         )
     with pytest.raises(ValueError, match=r"input.views.view2: size=-1 must be an int >= 0"):
-        views_lib.check_views_config(dict(mixed, view2=dict(augment.recipe("mae"), size=-1)))
+        views_lib.check_views_config(dict(mixed, view2=dict(recipes.recipe("mae"), size=-1)))
     with pytest.raises(ValueError, match="use make_crops"):
         views_lib.make_views(
             None, None, dict(mixed, view3=mixed["view2"]), image_size=16, mean=0, std=1
@@ -197,11 +197,11 @@ def test_inconsistent_view_sizes_are_errors(tmp_path):
 def test_set_multicrop_installs_independent_global_and_local_views():
     config = config_base.base_config()
     config.input.image_size = 224  # ImageNet DINO: 2 x 224 + 8 x 96
-    global1 = augment.recipe("dino_global1")
+    global1 = recipes.recipe("dino_global1")
     config_base.set_multicrop(
         config,
-        [global1, augment.recipe("dino_global2")],
-        augment.recipe("dino_local"),
+        [global1, recipes.recipe("dino_global2")],
+        recipes.recipe("dino_local"),
         num_local=8,
         local_size=96,
     )

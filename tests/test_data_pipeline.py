@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from test_data_sources import write_tfds_metadata
 
-from ssl_jax.data import augment, pipeline
+from ssl_jax.data import pipeline, recipes
 
 
 def _indexed_npz(tmp_path, n: int) -> str:
@@ -32,7 +32,7 @@ def _cfg(dataset: str, batch: int = 16, **overrides) -> ml_collections.ConfigDic
             global_batch_size=batch,
             mean=(0.5, 0.5, 0.5),
             std=(0.25, 0.25, 0.25),
-            views=dict(view1=augment.recipe("moco_v2"), view2=augment.recipe("digits")),
+            views=dict(view1=recipes.recipe("moco_v2"), view2=recipes.recipe("digits")),
             shuffle_buffer=64,
             prefetch=2,
         )

@@ -1,7 +1,7 @@
 """Turn one image into its augmented, normalised views: same-size views or multi-crop.
 
 ``input.views`` is a ConfigDict of named views (``view1``, ``view2``, ...), each a keyed
-augmentation config (``augment.AUGMENT_KEYS``). Views are ordered by name with numbers
+augmentation config (``recipes.AUGMENT_KEYS``). Views are ordered by name with numbers
 compared as numbers (view2 before view10). View ``v`` (its position in that order) gets its
 own seed, ``fold_in(example_seed, v)``, so two views of one image differ even with equal
 parameters, and asymmetric recipes (BYOL: blur 1.0 vs 0.1) are just different keys per view.
@@ -29,6 +29,7 @@ from typing import Any
 import tensorflow as tf
 
 from ssl_jax.data import augment as aug
+from ssl_jax.data import recipes
 
 
 def _natural_key(name: str) -> tuple:
@@ -86,7 +87,7 @@ def check_views_config(views_cfg: Mapping[str, Any], image_size: int | None = No
     size group (``split_global_local``).
     """
     for name in view_names(views_cfg):
-        aug.check_augment_config(views_cfg[name], where=f"input.views.{name}")
+        recipes.check_augment_config(views_cfg[name], where=f"input.views.{name}")
     if image_size is not None:
         split_global_local(views_cfg, image_size)
 
