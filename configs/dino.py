@@ -1,7 +1,7 @@
 """DINO (arXiv:2104.14294; facebookresearch/dino main_dino.py and README commands).
 
-Usage: --config=configs/dino.py:<preset> with preset in digits, cifar10, imagenet (ViT-S/16),
-imagenet_resnet50, smoke, smoke_vit, then any override, e.g.
+Usage: --config=configs/dino.py:<preset> with preset in digits, cifar10 (ViT-Tiny/4),
+cifar10_resnet18, imagenet (ViT-S/16), imagenet_resnet50, smoke, smoke_vit, then any override, e.g.
 --config.dino.norm_last_layer=False --config.model.head.out_dim=4096.
 """
 
@@ -106,6 +106,36 @@ def cifar10():
     return c
 
 
+def cifar10_resnet18():
+    """solo-learn's CIFAR DINO (scripts/pretrain/cifar/dino.yaml with the method defaults of
+    solo/methods/dino.py): ResNet-18, two 32-px crops with BYOL's asymmetric views (no
+    local crops, no blur at 32 px), head 2048 -> 256, 4096 prototypes, normalised last
+    layer frozen for 1 epoch, no gradient clipping, tau_s 0.1 and tau_t 0.07 throughout
+    (warm-up epochs 0), teacher m 0.9995 -> 1, LARS lr 0.3 x bs/256 with eta 0.02 (their
+    LARS also clips the local lr at the global one; ours does not), wd 1e-6 on all but
+    biases and norms, batch 256, 1000 epochs with 10 warm-up."""
+    c = _dino()
+    config_base.use_cifar10(c, recipes.recipe("byol_view1"))
+    config_base.set_views(
+        c,
+        recipes.recipe("byol_view1", blur_p=0.0),
+        recipes.recipe("byol_view2", blur_p=0.0),
+    )
+    c.model.head.out_dim = 4096
+    c.dino.update(momentum_teacher=0.9995, teacher_temp=0.07, warmup_teacher_temp_epochs=0)
+    c.optim.update(
+        name="lars",
+        lr=0.3,
+        weight_decay=1e-6,
+        weight_decay_end=None,
+        trust_coefficient=0.02,
+        clip_grad_per_param=0.0,
+    )
+    c.input.global_batch_size = 256
+    c.schedule.update(epochs=1000.0, warmup_epochs=10.0, final_lr=0.0)
+    return c
+
+
 def _digits_crops(c, num_local: int, local_size: int):
     """Multi-crop with our digits recipe made milder (see ``digits``): global crops cover
     (0.8, 1) of the digit, local crops (0.5, 0.9), no colour jitter."""
@@ -172,6 +202,7 @@ def get_config(arg=None):
     presets = dict(
         digits=digits,
         cifar10=cifar10,
+        cifar10_resnet18=cifar10_resnet18,
         imagenet=imagenet,
         imagenet_resnet50=imagenet_resnet50,
         smoke=smoke,

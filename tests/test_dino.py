@@ -324,3 +324,17 @@ def test_evaluations_read_the_teacher():
         x_expected, _ = own.features(as_student, split)
     np.testing.assert_allclose(x_teacher, x_expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(x_teacher, x_student, atol=1e-3)
+
+
+def test_cifar10_resnet18_preset_is_solo_learns_two_crop_recipe():
+    config = load_config("dino", "cifar10_resnet18")
+    assert sorted(config.input.views) == ["view1", "view2"]  # no local crops
+    assert config.input.views.view2.solarize_p == 0.2 and config.input.views.view1.blur_p == 0
+    assert (config.optim.name, config.optim.lr, config.optim.trust_coefficient) == (
+        "lars",
+        0.3,
+        0.02,
+    )
+    assert (config.dino.teacher_temp, config.dino.warmup_teacher_temp_epochs) == (0.07, 0)
+    assert config.model.head.out_dim == 4096 and config.dino.momentum_teacher == 0.9995
+    dino.validate(config)
