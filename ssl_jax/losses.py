@@ -169,3 +169,41 @@ def dino_cross_entropy(
     ce = -jnp.einsum("tbk,vbk->tv", p_t, log_ps) / student.shape[1]  # [T, V]
     valid = 1.0 - jnp.eye(t, v, dtype=jnp.float32)  # no pair of a crop with itself
     return jnp.sum(ce * valid) / jnp.sum(valid), p_t
+
+
+def normalize_patches(target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """MAE's norm_pix_loss target: each patch ``[..., P]`` standardised by its own mean and
+    *unbiased* variance, ``(t - mean) / sqrt(var + eps)`` (models_mae.forward_loss uses
+    ``torch.Tensor.var``, whose default is the unbiased estimator, divisor P - 1)."""
+    target = target.astype(jnp.float32)
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
+    return (target - mean) / jnp.sqrt(var + eps)
+
+
+def masked_patch_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """MAE's loss (models_mae.forward_loss): per-patch mean squared error over the p*p*3
+    values, averaged over the removed patches only (``mask`` 1 = removed):
+
+        L = sum_{b,n} mask[b,n] mean_j (pred[b,n,j] - target[b,n,j])^2 / sum_{b,n} mask[b,n]
+
+    ``pred``, ``target``: [B, N, P]; ``mask``: [B, N]. The target is used as given (apply
+    ``normalize_patches`` first for norm_pix_loss); wrap it in ``stop_gradient`` upstream
+    if it depends on parameters.
+    """
+    chex.assert_rank([pred, target, mask], [3, 3, 2])
+    chex.assert_equal_shape([pred, target])
+    chex.assert_equal_shape_prefix([pred, mask], 2)
+    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [B, N]
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def denormalize_patches(pred: jax.Array, target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Inverse of ``normalize_patches`` with the *target* patch's statistics: a
+    norm_pix_loss prediction ``[..., P]`` mapped to the target's pixel units,
+    ``pred * sqrt(var(t) + eps) + mean(t)`` (unbiased var; metrics and figures only)."""
+    target = target.astype(jnp.float32)
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    std = jnp.sqrt(jnp.var(target, axis=-1, keepdims=True, ddof=1) + eps)
+    return pred.astype(jnp.float32) * std + mean

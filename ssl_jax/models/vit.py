@@ -8,7 +8,8 @@ patchify + matmul with the same ``(p, p, 3, D)`` kernel), a class token, a posit
 embedding, ``depth`` pre-norm blocks ``x += DropPath(MHSA(LN(x)))``,
 ``x += DropPath(MLP(LN(x)))`` (LayerNorm eps 1e-6, qkv bias, MLP ratio 4, exact erf GELU as
 PyTorch ``nn.GELU``), and a final LayerNorm. No classifier: ``__call__`` returns pooled
-features ``[B, D]`` in float32, ``tokens`` the normalised class and patch tokens.
+features ``[B, D]`` in float32, ``tokens`` the normalised class and patch tokens,
+``encode_visible`` MAE's encoder on a subset of the patch tokens (``ids_keep``).
 
 Position embeddings (``pos_embed``):
 
@@ -314,14 +315,48 @@ class ViT(nn.Module):
         tokens = self.norm(self._encode(x, train)).astype(jnp.float32)  # [B, 1+N, D]
         return {"cls": tokens[:, 0], "patch_tokens": tokens[:, 1:]}
 
-    def _encode(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        batch, height, width = x.shape[:3]
+    def encode_visible(
+        self, x: jnp.ndarray, ids_keep: jnp.ndarray, train: bool = False
+    ) -> jnp.ndarray:
+        """MAE's ``forward_encoder`` after the masking: the normalised class token and the
+        ``K`` visible patch tokens ``ids_keep [B, K]`` (indices into the row-major patch
+        grid), ``[B, 1+K, D]`` float32.
+
+        As models_mae.py (He et al., arXiv:2111.06377): every patch is embedded and gets
+        its position row *before* the masking (``x + pos_embed[:, 1:]``), the kept tokens
+        are gathered, and the class token (plus its position row) is prepended; the blocks
+        then run on 1 + K tokens only, which is where MAE's ~(1 - r) encoder cost comes
+        from. Same parameters as ``__call__``.
+        """
+        patches = self._patchify_embed(x)  # [B, gh, gw, D]
+        grid = patches.shape[1:3]
+        tokens = einops.rearrange(patches, "b gh gw d -> b (gh gw) d")  # [B, N, D]
+        pos = self._position_embedding(grid).astype(self.dtype)  # [1+N, D]
+        tokens = tokens + pos[1:]
+        if ids_keep.ndim != 2 or ids_keep.shape[0] != tokens.shape[0]:
+            raise ValueError(
+                f"ids_keep must be [B, K] with B={tokens.shape[0]}, got shape {ids_keep.shape}."
+            )
+        tokens = jnp.take_along_axis(tokens, ids_keep[..., None], axis=1)  # [B, K, D]
+        cls = self.cls_token.astype(self.dtype) + pos[:1]  # [1, D]
+        cls = jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width))
+        tokens = jnp.concatenate([cls, tokens], axis=1)  # [B, 1+K, D]
+        for block in self.blocks:
+            tokens, _ = block(tokens, train)
+        return self.norm(tokens).astype(jnp.float32)  # [B, 1+K, D]
+
+    def _patchify_embed(self, x: jnp.ndarray) -> jnp.ndarray:
+        height, width = x.shape[1:3]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"ViT: image size {height}x{width} is not divisible by "
                 f"patch_size={self.patch_size}."
             )
-        patches = self.patch_embed(x)  # [B, gh, gw, D]
+        return self.patch_embed(x)  # [B, gh, gw, D]
+
+    def _encode(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        batch = x.shape[0]
+        patches = self._patchify_embed(x)  # [B, gh, gw, D]
         grid = patches.shape[1:3]
         x = einops.rearrange(patches, "b gh gw d -> b (gh gw) d")  # [B, N, D]
         cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (batch, 1, self.width))
