@@ -27,6 +27,20 @@ Per-parameter rules, each a tuple of regexes searched in the "/"-joined paramete
 - ``constant_lr_params``: trained at the peak lr without schedule (SimSiam's
   ``--fix-pred-lr`` for the predictor).
 
+``no_decay_params`` (optional, default ``()``) exempts the matching leaves from weight decay
+on top of the rank rule (MAE's fine-tuning ``no_weight_decay_list = {'pos_embed',
+'cls_token', 'dist_token'}`` in util/lr_decay.py param_groups_lrd, whose class token and
+position embedding are not 1-D); LARS keeps the rank rule for its trust ratio.
+
+``layer_decay`` (optional, default 1.0 = off) is MAE's layer-wise lr decay (BEiT's, as in
+facebookresearch/mae util/lr_decay.py): with L ViT blocks, each leaf's updates are scaled
+by ``layer_decay ** (L + 1 - layer_id)``, ``layer_id`` from ``get_layer_id_for_vit``:
+``backbone/cls_token``, ``backbone/pos_embed``, ``backbone/patch_embed/*`` -> 0,
+``backbone/blocks_<i>/*`` -> i + 1, everything else (final norm, head) -> L + 1. Scaling
+the optimizer's whole update is PyTorch's param-group ``lr_scale`` (``lr * lr_scale``,
+util/lr_sched.py): it scales AdamW's decoupled ``lr * wd * w`` term too, and for the
+momentum optimizers a constant factor commutes with the (linear) momentum buffer.
+
 ``weight_decay_end`` turns the weight decay into a per-step cosine from ``weight_decay`` to
 ``weight_decay_end`` (DINO: 0.04 -> 0.4), and ``clip_grad_per_param`` clips each gradient
 tensor to that L2 norm before the optimizer (DINO's ``utils.clip_gradients``; not the
@@ -73,6 +87,70 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def path_name(path: tuple) -> str:
+    """A tree path as the "/"-joined name the per-parameter regexes search."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def weight_decay_mask(optim_cfg: Any) -> Any:
+    """``True`` (decay every leaf) or a function params -> tree of bools: the rank rule of
+    ``decay_mask`` when ``exclude_bias_and_norm``, and never the ``no_decay_params``."""
+    patterns = [re.compile(p) for p in optim_cfg.get("no_decay_params", ())]
+    by_rank = optim_cfg.exclude_bias_and_norm
+    if not patterns:
+        return decay_mask if by_rank else True
+
+    def decays(path, p) -> bool:
+        if by_rank and p.ndim <= 1:
+            return False
+        return not any(pattern.search(path_name(path)) for pattern in patterns)
+
+    return lambda params: jax.tree_util.tree_map_with_path(decays, params)
+
+
+_BLOCK = re.compile(r"^backbone/blocks_(\d+)/")
+_EMBEDDING = re.compile(r"^backbone/(cls_token|pos_embed|patch_embed)(/|$)")
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """MAE's ``get_layer_id_for_vit`` on our parameter names (util/lr_decay.py)."""
+    if _EMBEDDING.search(name):
+        return 0
+    block = _BLOCK.search(name)
+    if block:
+        return int(block.group(1)) + 1
+    return depth + 1
+
+
+def layer_decay_scales(params: Any, layer_decay: float) -> Any:
+    """The lr multiplier ``layer_decay ** (L + 1 - layer_id)`` of every leaf (a tree of
+    Python floats); L is the number of ``backbone/blocks_<i>`` of the tree."""
+    names = [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    blocks = {int(m.group(1)) for m in map(_BLOCK.search, names) if m}
+    if not blocks:
+        raise ValueError(
+            f"optim.layer_decay={layer_decay} needs a ViT backbone (parameters named "
+            f"backbone/blocks_<i>/...); found none among {names[:4]}... Use layer_decay=1.0."
+        )
+    depth = max(blocks) + 1
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: float(layer_decay ** (depth + 1 - vit_layer_id(path_name(path), depth))),
+        params,
+    )
+
+
+def scale_by_layer_decay(layer_decay: float) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by its ``layer_decay_scales`` factor (stateless; the
+    factors depend on the parameter names only, so they are constants under jit)."""
+
+    def update(updates, state, params=None):
+        del params
+        scales = layer_decay_scales(updates, layer_decay)
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def param_labels(optim_cfg: Any) -> Any:
     """A function params -> tree of labels ('frozen', 'delayed', 'constant' or 'default')."""
     rules = [
@@ -83,7 +161,7 @@ def param_labels(optim_cfg: Any) -> Any:
     compiled = [(label, [re.compile(p) for p in patterns]) for label, patterns in rules]
 
     def label_of(path) -> str:
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        name = path_name(path)
         for label, patterns in compiled:
             if any(p.search(name) for p in patterns):
                 return label
@@ -128,6 +206,11 @@ def make_optimizer(
         transforms["delayed"] = skip_first_steps(inner, delay_steps)
     labels = param_labels(optim_cfg)
     tx = optax.multi_transform(transforms, labels)
+    layer_decay = optim_cfg.get("layer_decay", 1.0)
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"optim.layer_decay={layer_decay} must be in (0, 1] (1.0: off).")
+    if layer_decay != 1.0:
+        tx = optax.chain(tx, scale_by_layer_decay(layer_decay))
     if optim_cfg.clip_grad_per_param > 0:
         tx = optax.chain(clip_each_tensor(optim_cfg.clip_grad_per_param), tx)
     return tx
@@ -146,7 +229,8 @@ def _base_optimizer(
     name = optim_cfg.name
     # optax evaluates a callable mask on the params at init/update time, so the mask
     # follows whatever tree the method optimises.
-    mask = decay_mask if optim_cfg.exclude_bias_and_norm else True
+    mask = weight_decay_mask(optim_cfg)
+    trust_mask = decay_mask if optim_cfg.exclude_bias_and_norm else True
     if name == "sgd":
         return optax.chain(
             optax.add_decayed_weights(wd, mask=mask),
@@ -160,7 +244,7 @@ def _base_optimizer(
             weight_decay_mask=mask,
             trust_coefficient=optim_cfg.trust_coefficient,
             eps=0.0,
-            trust_ratio_mask=mask,
+            trust_ratio_mask=trust_mask,
             momentum=optim_cfg.momentum,
             nesterov=optim_cfg.nesterov,
         )
@@ -171,7 +255,7 @@ def _base_optimizer(
             b2=optim_cfg.b2,
             eps=optim_cfg.eps,
             weight_decay=wd,
-            mask=decay_mask if optim_cfg.exclude_bias_and_norm else None,
+            mask=None if mask is True else mask,
         )
     raise ValueError(f"Unknown optim.name {name!r}; valid names: {list(OPTIMIZERS)}.")
 

@@ -7,7 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_jax.optim import decay_mask, make_optimizer, param_labels, scaled_lr
+from ssl_jax.optim import (
+    decay_mask,
+    layer_decay_scales,
+    make_optimizer,
+    param_labels,
+    scaled_lr,
+)
 
 LRS = (0.5, 0.3, 0.1, 0.05)  # a changing lr, to pin where the lr enters the momentum
 
@@ -261,3 +267,109 @@ def test_weight_decay_end_is_a_cosine_from_start_to_end():
     np.testing.assert_allclose(decays[0], 0.04, rtol=1e-6)
     np.testing.assert_allclose(decays[2], 0.22, rtol=1e-6)
     np.testing.assert_allclose(decays[4], 0.4, rtol=1e-6)
+
+
+# --- MAE's layer-wise lr decay and no_weight_decay_list (util/lr_decay.py) ---------------
+
+
+def vit_like_params():
+    """The parameter names of a 2-block ViT backbone (see ssl_jax/models/vit.py) + a head."""
+    rng = np.random.default_rng(3)
+    leaf = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    block = lambda: {"attn": {"qkv": {"kernel": leaf(4, 12), "bias": leaf(12)}}}
+    return {
+        "backbone": {
+            "cls_token": leaf(1, 4),
+            "pos_embed": leaf(5, 4),
+            "patch_embed": {"kernel": leaf(2, 2, 3, 4), "bias": leaf(4)},
+            "blocks_0": block(),
+            "blocks_1": block(),
+            "norm": {"scale": leaf(4), "bias": leaf(4)},
+        },
+        "head": {"fc": {"kernel": leaf(4, 3), "bias": leaf(3)}},
+    }
+
+
+def test_layer_decay_multipliers_follow_mae_layer_ids():
+    # L = 2 blocks, decay 0.5: decay ** (L + 1 - layer_id) with ids 0 (embeddings),
+    # i + 1 (block i), L + 1 (final norm, head), as MAE's get_layer_id_for_vit.
+    scales = layer_decay_scales(vit_like_params(), 0.5)
+    b = scales["backbone"]
+    assert b["cls_token"] == b["pos_embed"] == 0.125
+    assert b["patch_embed"] == {"kernel": 0.125, "bias": 0.125}
+    assert b["blocks_0"]["attn"]["qkv"] == {"kernel": 0.25, "bias": 0.25}
+    assert b["blocks_1"]["attn"]["qkv"] == {"kernel": 0.5, "bias": 0.5}
+    assert b["norm"] == {"scale": 1.0, "bias": 1.0}
+    assert scales["head"]["fc"] == {"kernel": 1.0, "bias": 1.0}
+
+
+def test_layer_decay_of_a_12_block_vit_matches_mae_values():
+    # MAE ViT-B, layer_decay 0.65: block 0 gets 0.65 ** 12, block 11 gets 0.65, the
+    # embeddings 0.65 ** 13 (lr_decay.py: layer_scales[i] = decay ** (num_layers - i)).
+    params = {"backbone": {f"blocks_{i}": {"w": np.zeros((2, 2))} for i in range(12)}}
+    params["backbone"]["cls_token"] = np.zeros((1, 2))
+    scales = layer_decay_scales(params, 0.65)["backbone"]
+    np.testing.assert_allclose(scales["blocks_0"]["w"], 0.65**12)
+    np.testing.assert_allclose(scales["blocks_11"]["w"], 0.65)
+    np.testing.assert_allclose(scales["cls_token"], 0.65**13)
+
+
+def test_layer_decay_scales_adamw_update_including_weight_decay():
+    """Two steps of AdamW with and without layer decay: each leaf's update is its
+    multiplier times the undecayed one, weight-decay term included (PyTorch lr_scale)."""
+    params = jax.tree.map(jnp.asarray, vit_like_params())
+    rng = np.random.default_rng(4)
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)]
+    grads.append(jax.tree.map(lambda g: 0.5 * g, grads[0]))
+
+    def updates(layer_decay):
+        cfg = optim_config("adamw", weight_decay=0.05, layer_decay=layer_decay)
+        opt = make_optimizer(cfg, lambda count: jnp.asarray(LRS)[count])
+        state, out = opt.init(params), []
+        for g in grads:  # at fixed params, so both runs decay the same weights
+            u, state = opt.update(g, state, params)
+            out.append(u)
+        return out
+
+    plain, decayed = updates(1.0), updates(0.5)
+    scales = layer_decay_scales(params, 0.5)
+    for u0, u1 in zip(plain, decayed, strict=True):
+        jax.tree.map(
+            lambda a, b, s: np.testing.assert_allclose(b, s * a, rtol=1e-5, atol=1e-9),
+            u0,
+            u1,
+            scales,
+        )
+    # The weight-decay part alone (zero gradient): -lr * scale * wd * w on a decayed leaf.
+    cfg = optim_config("adamw", weight_decay=0.05, layer_decay=0.5)
+    opt = make_optimizer(cfg, lambda count: jnp.asarray(LRS)[count])
+    zero = jax.tree.map(jnp.zeros_like, params)
+    u, _ = opt.update(zero, opt.init(params), params)
+    w = params["backbone"]["blocks_0"]["attn"]["qkv"]["kernel"]
+    np.testing.assert_allclose(
+        u["backbone"]["blocks_0"]["attn"]["qkv"]["kernel"], -LRS[0] * 0.25 * 0.05 * w, rtol=1e-5
+    )
+
+
+def test_layer_decay_needs_a_vit():
+    opt = make_optimizer(optim_config("adamw", layer_decay=0.5), 0.1)
+    params = jax.tree.map(jnp.asarray, toy_params())
+    with pytest.raises(ValueError, match="needs a ViT backbone"):
+        opt.update(params, opt.init(params), params)
+
+
+def test_no_decay_params_exempt_matching_leaves_from_adamw_decay():
+    # MAE fine-tuning: no weight decay on cls_token / pos_embed besides 1-D params.
+    params = jax.tree.map(jnp.asarray, vit_like_params())
+    zero = jax.tree.map(jnp.zeros_like, params)
+    cfg = optim_config("adamw", weight_decay=0.05, no_decay_params=("cls_token", "pos_embed"))
+    opt = make_optimizer(cfg, 0.1)
+    u, _ = opt.update(zero, opt.init(params), params)
+    b = u["backbone"]
+    assert not np.any(b["cls_token"]) and not np.any(b["pos_embed"])
+    assert not np.any(b["norm"]["scale"])  # 1-D: the rank rule still holds
+    np.testing.assert_allclose(
+        b["patch_embed"]["kernel"],
+        -0.1 * 0.05 * params["backbone"]["patch_embed"]["kernel"],
+        rtol=1e-5,
+    )

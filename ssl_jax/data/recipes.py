@@ -164,6 +164,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         brightness=0.4,
         contrast=0.4,
     ),
+    # MAE fine-tuning (arXiv:2111.06377 App. A.1), main_finetune.py build_transform: timm
+    # create_transform's RandomResizedCrop (default scale (0.08, 1), aspect (3/4, 4/3)) and
+    # flip; its RandAugment and random erasing are not implemented here.
+    "finetune": dict(crop_scale=(0.08, 1.0)),
+    # MAE linear probing (App. A.2), main_linprobe.py: RandomResizedCrop(224,
+    # interpolation=3) (scale (0.08, 1)) and RandomHorizontalFlip only.
+    "linprobe": dict(crop_scale=(0.08, 1.0)),
 }
 
 

@@ -4,7 +4,9 @@ The encoder is frozen and used in eval mode (BatchNorm running statistics); feat
 the backbone's pooled output, computed from the variables ``variables_of(state)`` picks
 (the trained encoder by default; a method may choose another, as DINO its teacher). The
 final report puts the pretrained encoder beside the same architecture at its random
-initialisation, so the gain from pretraining is visible.
+initialisation, so the gain from pretraining is visible. A classifier (the supervised
+method: ``classifier_protocol`` set, the model has ``classify``) also reports ``top1``, its
+own predictions on ``input.eval_test_split``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Evaluator:
         model: nn.Module,
         mesh: Mesh,
         variables_of: Callable[[Any], dict] | None = None,
+        *,
+        classifier_protocol: str | None = None,
     ):
         devices = mesh.devices.size
         if config.evals.batch_size % devices:
@@ -45,6 +49,25 @@ class Evaluator:
         self._embed = jax.jit(
             lambda variables, x: model.apply(variables, x, train=False, method="embed")
         )
+        self.classifier_protocol = classifier_protocol
+        self._classify = jax.jit(
+            lambda variables, x: model.apply(variables, x, train=False, method="classify")
+        )
+
+    def classifier_top1(self, state: Any) -> float:
+        """Top-1 (%) of the model's own ``classify`` logits on ``input.eval_test_split``."""
+        variables = self.variables_of(state)
+        batches = pipeline.eval_iterator(
+            self.config.input,
+            self.config.input.eval_test_split,
+            global_batch_size=self.config.evals.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        logits, labels = extract_features(
+            lambda x: self._classify(variables, x), batches, self.mesh
+        )
+        return float(100.0 * np.mean(np.argmax(logits, axis=-1) == labels))
 
     def features(self, state: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         variables = self.variables_of(state)
@@ -103,7 +126,8 @@ class Evaluator:
         if not _labelled(train_y, test_y):
             return {}
         args = (train_x, train_y, test_x, test_y)
-        return {"knn_top1": self._knn(*args), "linear_top1": self._linear(*args)}
+        top1 = {"top1": self.classifier_top1(state)} if self.classifier_protocol else {}
+        return {**top1, "knn_top1": self._knn(*args), "linear_top1": self._linear(*args)}
 
     def final_report(self, state: Any, init_state: Any, writer: Any) -> dict[str, Any]:
         """kNN and linear-probe top-1 of the trained and the random-init encoder."""
@@ -116,6 +140,7 @@ class Evaluator:
         writer.write(step, {f"final_{k}": v for k, v in trained.items()})
         baseline = self.scores(init_state) if cfg.evals.random_init_baseline else {}
         protocol = {
+            **({"top1": self.classifier_protocol} if self.classifier_protocol else {}),
             "knn_top1": f"kNN k={cfg.evals.knn_k} T={cfg.evals.knn_temperature}, cosine, weighted",
             "linear_top1": f"linear probe on frozen features, {cfg.evals.linear_epochs} epochs",
         }
@@ -126,7 +151,7 @@ class Evaluator:
                 f"{baseline[name]:.2f}" if name in baseline else "-",
                 protocol[name],
             )
-            for name in ("knn_top1", "linear_top1")
+            for name in protocol
         ]
         writer.report(
             f"{cfg.method} on {cfg.input.dataset}: train {cfg.input.eval_train_split}, "

@@ -1,0 +1,221 @@
+"""Loading a pretrained encoder from any ssl_jax workdir (for fine-tuning / linear probes).
+
+Every method keeps its encoder under ``params['backbone']`` (and BatchNorm statistics under
+``batch_stats['backbone']``), so the encoder of any run can be read from its latest
+checkpoint. The source run's ``config.json`` names its method; for DINO the teacher is
+loaded (``extra/target_params/backbone``), the network its paper evaluates and
+facebookresearch/dino eval_linear.py loads by default (``--checkpoint_key teacher``); for
+every other method the trained encoder itself.
+
+The checkpoint is read with orbax directly (this module must not import ssl_jax.train):
+only the needed subtrees are restored, onto one local device, from the tree metadata, so
+no template of the source run's train state (nor its optimizer state) is needed.
+
+A learned ViT position embedding saved for another patch grid is resized bicubically to
+this config's grid (``vit.interpolate_pos_embed``, as MAE's util/pos_embed.py
+``interpolate_pos_embed`` does when fine-tuning at another resolution); every other name or
+shape mismatch is an error listing the offending paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import SingleDeviceSharding
+
+from ssl_jax.models.vit import interpolate_pos_embed
+
+# Methods whose evaluated encoder is not ``params``: method -> (params, batch_stats) paths.
+TEACHER_ENCODERS = {"dino": ("extra/target_params", "extra/target_batch_stats")}
+_DEFAULT_ENCODER = ("params", "batch_stats")
+_MAX_LISTED = 5
+
+
+class PretrainedMismatchError(ValueError):
+    """The source encoder does not fit this config's backbone (names or shapes)."""
+
+
+def source_config(workdir: str) -> dict:
+    """The resolved config a run wrote to ``<workdir>/config.json``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"supervised.init_from={workdir!r}: no config.json there ({path}); point it at "
+            "the --workdir of a pretraining run."
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def latest_checkpoint(workdir: str) -> tuple[str, int]:
+    """``(path of the saved train state, step)`` of the newest checkpoint of ``workdir``."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = []
+    if os.path.isdir(directory):
+        manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(read_only=True)
+        )
+        steps = list(manager.all_steps())
+        manager.close()
+    if not steps:
+        raise FileNotFoundError(
+            f"supervised.init_from={workdir!r}: no checkpoint under {directory}."
+        )
+    step = max(steps)
+    return os.path.join(directory, str(step), "default"), step
+
+
+def _subtree(tree: Any, dotted: str, where: str) -> Any:
+    node = tree
+    for key in dotted.split("/"):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"{where} has no '{dotted}' (missing key {key!r})")
+        node = node[key]
+    return node
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    for key in reversed(dotted.split("/")):
+        value = {key: value}
+    return value
+
+
+def load_encoder(workdir: str) -> tuple[dict, dict, dict]:
+    """``(params, batch_stats, info)`` of the source run's encoder (NumPy trees; the
+    statistics ``{}`` for a ViT); ``info`` names the method, step and paths read."""
+    config = source_config(workdir)
+    method = config.get("method", "")
+    path, step = latest_checkpoint(workdir)
+    params_at, stats_at = TEACHER_ENCODERS.get(method, _DEFAULT_ENCODER)
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    # orbax returns StepMetadata (item_metadata: the tree metadata) or the tree metadata.
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    where = f"the checkpoint {path} (method {method!r})"
+    try:
+        params_meta = _subtree(tree, f"{params_at}/backbone", where)
+    except KeyError as e:
+        raise KeyError(
+            f"{e.args[0]}: ssl_jax keeps every method's encoder under 'backbone'; this "
+            "checkpoint was not written by a method that has one."
+        ) from None
+    try:
+        stats_meta = _subtree(tree, f"{stats_at}/backbone", where)
+    except KeyError:
+        stats_meta = {}  # ViTs have no BatchNorm statistics
+    wanted = {}
+    for at, meta in ((params_at, params_meta), (stats_at, stats_meta)):
+        if jax.tree.leaves(meta):
+            wanted = _merge(wanted, _nest(f"{at}/backbone", meta))
+    # One local device and no template: the source run's mesh and train state are
+    # irrelevant; the caller places the arrays.
+    sharding = SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), wanted)
+    restored = checkpointer.restore(
+        path,
+        args=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True),
+    )
+    to_numpy = lambda t: jax.tree.map(np.asarray, t)
+    params = to_numpy(_subtree(restored, f"{params_at}/backbone", where))
+    stats = to_numpy(_subtree(restored, f"{stats_at}/backbone", where)) if stats_meta else {}
+    info = dict(
+        workdir=workdir,
+        method=method,
+        step=step,
+        params=f"{params_at}/backbone",
+        batch_stats=f"{stats_at}/backbone",
+        backbone=config.get("model", {}).get("backbone"),
+    )
+    return params, stats, info
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if k in out and isinstance(v, dict) else v
+    return out
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _resize_pos_embed(source: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray | None:
+    """A learned ``[1 + n*n, D]`` embedding resized to ``target_shape``'s grid, or None."""
+    if len(source.shape) != 2 or len(target_shape) != 2 or source.shape[1] != target_shape[1]:
+        return None
+    side = math.isqrt(target_shape[0] - 1)
+    if side * side != target_shape[0] - 1:
+        return None
+    return np.asarray(interpolate_pos_embed(source, (side, side)))
+
+
+def fit_to(target: Any, source: Any, *, what: str, source_info: dict | None = None) -> Any:
+    """``source`` arranged as ``target`` (same paths, shapes, dtypes); fails listing the
+    first mismatching paths with both shapes."""
+    want, have = _flat(target), _flat(source)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    out, bad_shapes = {}, []
+    for name in sorted(set(want) & set(have)):
+        value = np.asarray(have[name])
+        shape = tuple(want[name].shape)
+        if value.shape != shape and name.rsplit("/", 1)[-1] == "pos_embed":
+            resized = _resize_pos_embed(value, shape)
+            value = value if resized is None else resized
+        if value.shape != shape:
+            bad_shapes.append(f"{name}: checkpoint {value.shape} vs model {shape}")
+        out[name] = value.astype(want[name].dtype)
+    if missing or unexpected or bad_shapes:
+        lines = []
+        if bad_shapes:
+            lines.append("shape mismatch: " + "; ".join(bad_shapes[:_MAX_LISTED]))
+        if missing:
+            lines.append("missing in the checkpoint: " + ", ".join(missing[:_MAX_LISTED]))
+        if unexpected:
+            lines.append("not in the model: " + ", ".join(unexpected[:_MAX_LISTED]))
+        src = source_info or {}
+        hint = (
+            f" The source run ({src.get('workdir')}, method {src.get('method')!r}) used "
+            f"model.backbone={src.get('backbone')!r}; use the same backbone and model.vit "
+            "settings (patch_size, pos_embed; a learned pos_embed is resized to a new grid, "
+            "a sin-cos one has no parameter)."
+            if src
+            else ""
+        )
+        raise PretrainedMismatchError(
+            f"the pretrained {what} does not fit this model ({len(bad_shapes)} shape, "
+            f"{len(missing)} missing, {len(unexpected)} unexpected): " + " | ".join(lines) + hint
+        )
+    leaves = [out[name] for name in _flat(target)]
+    return jax.tree.unflatten(jax.tree.structure(target), leaves)
+
+
+def load_backbone(workdir: str, params: Any, batch_stats: Any) -> tuple[Any, Any, dict]:
+    """The source encoder of ``workdir`` fitted to this model's ``params['backbone']`` and
+    ``batch_stats['backbone']`` (NumPy arrays); returns ``(backbone params, backbone
+    batch_stats, info)``."""
+    if "backbone" not in params:
+        raise KeyError(f"the model has no 'backbone' params (top-level: {sorted(params)})")
+    src_params, src_stats, info = load_encoder(workdir)
+    new_params = fit_to(
+        params["backbone"], src_params, what=f"{info['params']} params", source_info=info
+    )
+    new_stats = fit_to(
+        batch_stats.get("backbone", {}),
+        src_stats,
+        what=f"{info['batch_stats']} statistics",
+        source_info=info,
+    )
+    return new_params, new_stats, info
