@@ -2,6 +2,7 @@
 
     ssl-jax pretrain --config=configs/moco_v2.py:digits --workdir=/tmp/moco_digits
     ssl-jax eval --workdir=/tmp/moco_digits            # kNN + linear probe of the latest checkpoint
+    ssl-jax reconstruct --workdir=/tmp/mae_digits      # MAE: reconstruction.png of test images
     ssl-jax pretrain ... --config.optim.lr=0.1         # any config key can be overridden
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
 
@@ -27,7 +28,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (TPU pods, Slurm)."
 )
 
-COMMANDS = ("pretrain", "eval")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "reconstruct: rows of the grid.")
+_SPLIT = flags.DEFINE_string(
+    "split", None, "reconstruct: the images' split (default: input.eval_test_split)."
+)
+
+COMMANDS = ("pretrain", "eval", "reconstruct")
 _EXIT_BAD_INPUT, _EXIT_DIVERGED = 2, 3
 
 
@@ -63,9 +69,14 @@ def _main(argv: list[str]) -> None:
             if config is None:
                 raise app.UsageError("pretrain needs --config, e.g. configs/simclr.py:digits.")
             train.pretrain(config, workdir)
-        else:
+        elif command == "eval":
             config = config or _config_from_workdir(workdir)
             train.evaluate_workdir(config, workdir)
+        else:
+            config = config or _config_from_workdir(workdir)
+            train.reconstruct_workdir(
+                config, workdir, num_images=_NUM_IMAGES.value, split=_SPLIT.value
+            )
     except train.DivergenceError as e:
         print(f"ssl-jax: training diverged: {e}", file=sys.stderr)
         sys.exit(_EXIT_DIVERGED)

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from ssl_jax import methods, optim, parallel, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import pipeline
-from ssl_jax.evaluate import collapse
+from ssl_jax.evaluate import collapse, reconstruct
 from ssl_jax.evaluate.runner import Evaluator
 from ssl_jax.state import TrainState
 from ssl_jax.writer import MetricWriter
@@ -49,9 +49,18 @@ class Setup:
     # The method's choice of the variables to evaluate (DINO: its teacher); None: the
     # trained encoder's own.
     eval_variables: Callable[[TrainState], dict] | None
+    # The report's text for the model's `classify` top-1 (the supervised method); None:
+    # the model is no classifier.
+    classifier_protocol: str | None = None
 
     def evaluator(self, config: ml_collections.ConfigDict) -> Evaluator:
-        return Evaluator(config, self.model, self.mesh, self.eval_variables)
+        return Evaluator(
+            config,
+            self.model,
+            self.mesh,
+            self.eval_variables,
+            classifier_protocol=self.classifier_protocol,
+        )
 
 
 def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
@@ -140,7 +149,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
         donate_argnums=0,
     )
     eval_variables = getattr(method, "eval_variables", None)
-    return Setup(mesh, model, spe, total, init, update, eval_variables)
+    classifier = getattr(method, "classifier_protocol", None)
+    protocol = classifier(config) if classifier else None
+    return Setup(mesh, model, spe, total, init, update, eval_variables, protocol)
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
@@ -203,6 +214,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if restored is not None:
         state, start_step = restored
         print(f"Resumed from the checkpoint at step {start_step} in {ckpt.directory}")
+    else:
+        state = load_pretrained(state, config, mesh)
     last_good = start_step if restored is not None else None
 
     writer = MetricWriter(
@@ -267,6 +280,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return report
 
 
+def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh):
+    """A fresh state with the method's pretrained weights, if it loads any (the supervised
+    method's ``supervised.init_from``); on resume the own checkpoint already holds them."""
+    load = getattr(methods.get_method(config.method), "load_pretrained", None)
+    if load is None:
+        return state
+    return jax.device_put(load(state, config), parallel.replicated(mesh))
+
+
 def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
     """The latest checkpoint of a workdir."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -295,3 +317,29 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
             json.dump(scores, f, indent=2)
     return scores
+
+
+def reconstruct_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    num_images: int = 8,
+    split: str | None = None,
+    seed: int = 0,
+) -> str:
+    """MAE's reconstruction grid of the latest checkpoint, written to
+    ``<workdir>/reconstruction.png`` (original | masked | reconstruction | reconstruction
+    with the visible patches pasted back, one row per image); returns the path."""
+    if config.method != "mae":
+        raise ValueError(f"reconstruct needs an MAE run; {workdir} holds method={config.method!r}.")
+    if num_images < 1:
+        raise ValueError(f"--num_images={num_images} must be >= 1.")
+    setup, state = restore_state(config, workdir)
+    path = os.path.join(workdir, "reconstruction.png")
+    if jax.process_index() == 0:
+        variables = {"params": state.params}
+        reconstruct.reconstruction_figure(
+            config, setup.model, variables, num_images, split, seed, out_path=path
+        )
+        print(f"Wrote {path}")
+    return path

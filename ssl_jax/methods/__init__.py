@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-METHODS = ("moco", "simclr", "simsiam", "byol", "moco_v3", "dino")
+METHODS = ("moco", "simclr", "simsiam", "byol", "moco_v3", "dino", "mae", "supervised")
 
 
 def get_method(name: str) -> ModuleType:
