@@ -59,6 +59,7 @@ for method in "${METHODS[@]}"; do
     # epochs, 3 warm-up, teacher m 0.99 (0.9995 is sized for 1000 epochs). The cifar10
     # multi-crop AdamW preset, run on resnet_tiny, collapsed to the uniform output here.
     dino) run dino dino.py:cifar10_resnet18 "${narrow[@]}" --config.dino.momentum_teacher=0.99 \
+      --config.dino.teacher_temp=0.04 \
       --config.schedule.epochs=30 --config.schedule.warmup_epochs=3 ;;
     *) echo "unknown method ${method}" >&2; exit 2 ;;
   esac
