@@ -27,6 +27,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """timm SoftTargetCrossEntropy: ``mean_b sum_k -t_bk log_softmax(z_b)_k`` (float32);
+    targets ``[B, K]`` are mixed / smoothed label distributions."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.mean(jnp.sum(-targets * log_p, axis=-1))
+
+
 def info_nce(
     q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float
 ) -> tuple[jax.Array, jax.Array]:
@@ -176,9 +183,8 @@ def normalize_patches(target: jax.Array, eps: float = 1e-6) -> jax.Array:
     *unbiased* variance, ``(t - mean) / sqrt(var + eps)`` (models_mae.forward_loss uses
     ``torch.Tensor.var``, whose default is the unbiased estimator, divisor P - 1)."""
     target = target.astype(jnp.float32)
-    mean = jnp.mean(target, axis=-1, keepdims=True)
-    var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
-    return (target - mean) / jnp.sqrt(var + eps)
+    mean, std = _patch_stats(target, eps)
+    return (target - mean) / std
 
 
 def masked_patch_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
@@ -203,7 +209,11 @@ def denormalize_patches(pred: jax.Array, target: jax.Array, eps: float = 1e-6) -
     """Inverse of ``normalize_patches`` with the *target* patch's statistics: a
     norm_pix_loss prediction ``[..., P]`` mapped to the target's pixel units,
     ``pred * sqrt(var(t) + eps) + mean(t)`` (unbiased var; metrics and figures only)."""
-    target = target.astype(jnp.float32)
-    mean = jnp.mean(target, axis=-1, keepdims=True)
-    std = jnp.sqrt(jnp.var(target, axis=-1, keepdims=True, ddof=1) + eps)
+    mean, std = _patch_stats(target.astype(jnp.float32), eps)
     return pred.astype(jnp.float32) * std + mean
+
+
+def _patch_stats(target: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    """Per-patch mean and ``sqrt(unbiased var + eps)`` over the last axis."""
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    return mean, jnp.sqrt(jnp.var(target, axis=-1, keepdims=True, ddof=1) + eps)

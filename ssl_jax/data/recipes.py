@@ -56,6 +56,12 @@ def _simclr_strength(s: float) -> dict[str, float]:
     return dict(jitter_p=0.8, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
 
 
+# MoCo v2's colour part (ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale(0.2)), also
+# in the MoCo CIFAR demo and SimSiam's CIFAR recipe.
+_MOCO_V2_COLOUR = dict(
+    jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.2
+)
+
 # BYOL and DINO share the colour part (jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2) and
 # the blur sigma range; the views differ in blur / solarize probabilities and crop scale.
 _DINO_COMMON = dict(
@@ -88,12 +94,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # RandomGrayscale(0.2), GaussianBlur(sigma in [0.1, 2]) p=0.5, RandomHorizontalFlip.
     "moco_v2": dict(
         crop_scale=(0.2, 1.0),
-        jitter_p=0.8,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        grayscale_p=0.2,
+        **_MOCO_V2_COLOUR,
         blur_p=0.5,
         blur_sigma=(0.1, 2.0),
     ),
@@ -113,15 +114,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # MoCo CIFAR-10 demo, facebookresearch/moco colab/moco_cifar10_demo.ipynb:
     # RandomResizedCrop(32) (default scale (0.08, 1)), flip 0.5, ColorJitter(0.4, 0.4, 0.4,
     # 0.1) p=0.8, RandomGrayscale(0.2), no blur. (Numerically equal to simclr_cifar.)
-    "moco_cifar": dict(
-        crop_scale=(0.08, 1.0),
-        jitter_p=0.8,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        grayscale_p=0.2,
-    ),
+    "moco_cifar": dict(crop_scale=(0.08, 1.0), **_MOCO_V2_COLOUR),
     # BYOL (Grill et al. 2020, arXiv:2006.07733) Table 6, deepmind-research
     # byol/utils/augmentations.py augment_config: random crop area (0.08, 1), aspect
     # (3/4, 4/3), flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8 in a random order,
@@ -132,15 +125,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # SimSiam CIFAR-10 (Chen & He 2020, arXiv:2011.10566, appendix "CIFAR experiments"):
     # MoCo v2's augmentation (facebookresearch/simsiam main_simsiam.py) without blur, crop
     # area (0.2, 1): ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale(0.2), flip.
-    "simsiam_cifar": dict(
-        crop_scale=(0.2, 1.0),
-        jitter_p=0.8,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        grayscale_p=0.2,
-    ),
+    "simsiam_cifar": dict(crop_scale=(0.2, 1.0), **_MOCO_V2_COLOUR),
     # MAE (He et al. 2021, arXiv:2111.06377), facebookresearch/mae main_pretrain.py:
     # RandomResizedCrop(scale=(0.2, 1.0)) and RandomHorizontalFlip only.
     "mae": dict(crop_scale=(0.2, 1.0)),

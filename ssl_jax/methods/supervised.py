@@ -221,12 +221,6 @@ def load_pretrained(state: Any, config: ml_collections.ConfigDict) -> Any:
     return state.replace(params=params, batch_stats=batch_stats)
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """timm SoftTargetCrossEntropy: ``mean_b sum_k -t_bk log_softmax(z_b)_k`` (float32)."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.mean(jnp.sum(-targets * log_p, axis=-1))
-
-
 def mix_config(config: ml_collections.ConfigDict) -> mix.MixConfig:
     cfg = config.supervised
     return mix.MixConfig(
@@ -254,7 +248,7 @@ def loss_fn(params, state, batch, rng, *, model, config):
         rngs={"dropout": rng_drop},
     )
     logits = out["logits"]  # [B, K]
-    loss = cross_entropy(logits, targets)
+    loss = losses.soft_cross_entropy(logits, targets)
     aux = dict(
         batch_stats=updates.get("batch_stats", state.batch_stats),
         embeddings=losses.l2_normalize(out["embedding"]),
