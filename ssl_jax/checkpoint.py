@@ -7,36 +7,58 @@ loses the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from ssl_jax import paths
 
 
 class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint whose structure does not match this config."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (read-only or full disk, lost bucket access); the
+    message names the step, the directory and the last good checkpoint, which is intact."""
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = str(paths.join(paths.absolute(workdir), "checkpoints"))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=max(1, every_steps),
             enable_async_checkpointing=async_save,
             create=True,
+            cleanup_tmp_directories=True,  # a write torn by a crash is removed on restart
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._in_flight: int | None = None  # the step of an async save not yet confirmed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-        """Saves when `step` is on the save interval (or `force`); returns whether it did."""
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        """Saves when `step` is on the save interval (or `force`); returns whether it did.
+
+        An async save's write error surfaces at the next save or `wait`; either way it
+        is raised as a `CheckpointWriteError` naming the step that failed.
+        """
+        with self._write_errors(step):
+            if force or self._manager.should_save(step):
+                # orbax's save threads wait minutes for a step directory that a read-only
+                # directory never lets them create; a probe write fails at once instead.
+                paths.probe_writable(self.directory, f".write-probe-{jax.process_index()}")
+            saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        if saved:
+            self._in_flight = step
+        return saved
 
     def restore(self, template: Any) -> tuple[Any, int] | None:
         """Restores the newest readable checkpoint into `template`'s shapes and shardings.
@@ -47,29 +69,63 @@ class Checkpointer:
         if not steps:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        errors = []
+        errors: list[tuple[int, Exception]] = []
         for step in steps:
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-                return state, step
-            except (ValueError, KeyError, TypeError) as e:
-                # Structure or shape mismatch: the same for every step, so stop here.
-                raise IncompatibleCheckpointError(
-                    f"the checkpoint at step {step} in {self.directory} does not match this "
-                    f"config's train state ({type(e).__name__}: {_first_line(e)}). Use a new "
-                    "--workdir, or the config that wrote it (see config.json there)."
-                ) from e
-            except Exception as e:  # noqa: BLE001 - a torn or unreadable write
+            except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+                # A torn or corrupt write: the previous checkpoint may still be good.
                 logging.warning("checkpoint step %d is unreadable (%s); trying older", step, e)
-                errors.append(f"step {step}: {_first_line(e)}")
-        raise RuntimeError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+                errors.append((step, e))
+                continue
+            return state, step
+        step, first = errors[0]
+        if all(isinstance(e, _MISMATCH) for _, e in errors):
+            # Every step fails the same way: the structure, not the bytes, is wrong.
+            raise IncompatibleCheckpointError(
+                f"the checkpoint at step {step} in {self.directory} does not match this "
+                f"config's train state ({type(first).__name__}: {_first_line(first)}). Use a "
+                "new --workdir, or the config that wrote it (see config.json there)."
+            ) from first
+        raise RuntimeError(
+            f"no readable checkpoint in {self.directory}: "
+            + "; ".join(f"step {s}: {_first_line(e)}" for s, e in errors)
+        ) from first
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._write_errors(None):
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+            failed = self._in_flight if self._in_flight is not None else step
+            self._in_flight = None
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint at step {failed} to {self.directory} "
+                f"({type(e).__name__}: {_first_line(e)}); {self._last_good_text(failed)}. "
+                "Free disk space or fix the permissions, then rerun the same command."
+            ) from e
+
+    def _last_good_text(self, failed: int | None) -> str:
+        self._manager.reload()  # the steps on disk now, not orbax's cached list
+        steps = [s for s in self._manager.all_steps() if s != failed]
+        if not steps:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is step {max(steps)}, intact"
+
+
+# What orbax raises when a checkpoint's tree or shapes differ from the template's.
+_MISMATCH = (ValueError, KeyError, TypeError)
 
 
 def _first_line(e: BaseException) -> str:
@@ -103,14 +159,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> None:
     """Refuses a workdir whose checkpoint came from an incompatible config; then saves
     the resolved config as <workdir>/config.json. Nothing is written when it refuses."""
-    path = os.path.join(workdir, "config.json")
+    path = paths.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort())
-    has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
-        name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints"))
+    checkpoints = paths.join(workdir, "checkpoints")
+    has_ckpt = paths.isdir(checkpoints) and any(
+        name.isdigit() for name in paths.listdir(checkpoints)
     )
-    if has_ckpt and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if has_ckpt and paths.exists(path):
+        saved = json.loads(paths.read_text(path))
         old, new = _flatten(saved), _flatten(current)
         changed = sorted(
             k
@@ -124,6 +180,5 @@ def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> N
                 "Use a new --workdir, or the same config to resume."
             )
     if write:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
+        paths.makedirs(workdir)
+        paths.write_text(path, json.dumps(current, indent=2, sort_keys=True))

@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
         linear_weight_decay=0.0,
         batch_size=512,
         random_init_baseline=True,
+        at_end=True,  # False: no final kNN / linear-probe report (quick checks, unlabelled data)
     )
     c.ckpt = dict(every_steps=1000, keep=3, async_save=True)
     c.log_every_steps = 50

@@ -6,6 +6,10 @@
     ssl-jax pretrain ... --config.optim.lr=0.1         # any config key can be overridden
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
 
+Exit status: 0 done, 2 bad input, 3 diverged, 74 a checkpoint could not be written (the
+last good one is intact), 75 preempted (SIGTERM: a checkpoint was saved at the next step
+boundary; the same command resumes from it).
+
 The same command runs on a laptop CPU, a GPU box, or every host of a Cloud TPU VM pod.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,8 +30,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, report.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (TPU pods, Slurm)."
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first; it finds the cluster itself on Cloud TPU VM "
+    "pods and under Slurm, elsewhere pass the three flags below.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: host:port of process 0 (e.g. 10.0.0.2:1234)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "reconstruct: rows of the grid.")
 _SPLIT = flags.DEFINE_string(
@@ -34,17 +47,18 @@ _SPLIT = flags.DEFINE_string(
 )
 
 COMMANDS = ("pretrain", "eval", "reconstruct")
-_EXIT_BAD_INPUT, _EXIT_DIVERGED = 2, 3
+_EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR
 
 
 def _config_from_workdir(workdir: str):
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    from ssl_jax import paths
+
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} does not exist; pass --config or a run's --workdir.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _main(argv: list[str]) -> None:
@@ -59,8 +73,19 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required.")
     from ssl_jax import parallel
 
-    parallel.initialize_distributed(_DISTRIBUTED.value)
+    try:
+        parallel.initialize_distributed(
+            _DISTRIBUTED.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    except ValueError as e:
+        print(f"ssl-jax: {e}", file=sys.stderr)
+        sys.exit(_EXIT_BAD_INPUT)
     from ssl_jax import train
+    from ssl_jax.checkpoint import CheckpointWriteError
+    from ssl_jax.preemption import EXIT_PREEMPTED, Preempted
 
     command, workdir = commands[0], _WORKDIR.value
     config = _CONFIG.value
@@ -77,6 +102,12 @@ def _main(argv: list[str]) -> None:
             train.reconstruct_workdir(
                 config, workdir, num_images=_NUM_IMAGES.value, split=_SPLIT.value
             )
+    except Preempted as e:
+        print(f"ssl-jax: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except CheckpointWriteError as e:
+        print(f"ssl-jax: {e}", file=sys.stderr)
+        sys.exit(_EXIT_CANNOT_WRITE)
     except train.DivergenceError as e:
         print(f"ssl-jax: training diverged: {e}", file=sys.stderr)
         sys.exit(_EXIT_DIVERGED)
@@ -85,9 +116,60 @@ def _main(argv: list[str]) -> None:
         sys.exit(_EXIT_BAD_INPUT)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl ``flags_parser`` for ``ssl-jax``: a bad ``--config`` is one line and exit status 2.
+
+    absl's own parser exits 1 with "FATAL Flags parsing error" for a value of the wrong type,
+    prints the config file's traceback for an unknown preset, and lets ml_collections' error
+    for a misspelt key escape as a Python traceback. Every other bad input of ``ssl-jax``
+    exits 2 with ``ssl-jax: <message>`` (ssl_jax/main.py), so config flags do the same.
+    """
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = _without_traceback(str(e))
+    except (AttributeError, KeyError) as e:
+        # ml_collections looks each --config.<path> override up in the locked config.
+        overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        if not overrides:
+            raise
+        message = _unknown_key_message(e, overrides)
+    print(f"ssl-jax: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _without_traceback(message: str) -> str:
+    """``flag --config=x.py:p: Error whilst parsing config file: Traceback ... ValueError: m``
+    -> ``flag --config=x.py:p: m``: the user needs the last line, not our stack."""
+    if "Traceback (most recent call last)" not in message:
+        return message.strip()
+    head = message.split(":", 2)
+    flag = f"{head[0]}:{head[1]}" if len(head) == 3 else "flag"
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    return f"{flag}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last.strip())}"
+
+
+def _unknown_key_message(error: BaseException, overrides: list[str]) -> str:
+    """Names the override whose key the config lacks, with ml_collections' suggestion."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]  # AttributeError(KeyError("'lrr'\nDid you mean ..."))
+    detail = str(error.args[0]) if error.args else str(error)
+    first, _, hint = detail.partition("\n")
+    key = first.strip("'\"")
+    named = [o for o in overrides if key in o[len("--config.") :].split(".")]
+    if not named:  # e.g. a path through a leaf: --config.optim.lr.x
+        return f"bad --config override ({', '.join(overrides)}): {detail}"
+    culprit = named[0]
+    path = culprit[len("--config.") :]
+    hint = f"; {hint[0].lower()}{hint[1:]}" if hint else ""
+    return f"unknown config key {path!r} in {culprit}: the config has no {key!r}{hint}"
+
+
 def run() -> None:
     """Console-script entry point."""
-    app.run(_main)
+    app.run(_main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,39 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def initialize_distributed(enabled: bool) -> None:
+def initialize_distributed(
+    enabled: bool,
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
     """Joins the processes of a multi-host job (Cloud TPU VM pods, Slurm, ...).
 
-    ``jax.distributed.initialize()`` with no arguments auto-detects the cluster on
-    Cloud TPU VMs and under Slurm; it must run before any other JAX call.
+    With no arguments ``jax.distributed.initialize()`` auto-detects the cluster on Cloud
+    TPU VMs and under Slurm; anywhere else (a GPU box per process, the tests' processes
+    over loopback) pass all three. It must run before any other JAX call. On CPU the
+    processes' collectives go through gloo.
     """
-    if enabled:
-        jax.distributed.initialize()
+    explicit = (coordinator_address, num_processes, process_id)
+    if not enabled:
+        if any(v is not None for v in explicit):
+            raise ValueError(
+                "--coordinator_address, --num_processes and --process_id need --distributed."
+            )
+        return
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        raise ValueError(
+            "pass all of --coordinator_address, --num_processes and --process_id, or none "
+            f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})."
+        )
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} is not in [0, {num_processes}).")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -64,9 +89,21 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a host pytree (identical on every process) replicated on the mesh."""
+    """Places a pytree (identical on every process) replicated on the mesh.
+
+    ``device_put`` cannot target another process's devices, so each process builds its
+    own shards of the global array from its host copy; PRNG keys travel as their data.
+    """
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+    def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def host_scalar(x: jax.Array) -> float:

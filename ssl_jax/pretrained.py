@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 import jax
@@ -29,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from ssl_jax import paths
 from ssl_jax.models.vit import interpolate_pos_embed
 
 # Methods whose evaluated encoder is not ``params``: method -> (params, batch_stats) paths.
@@ -43,21 +43,20 @@ class PretrainedMismatchError(ValueError):
 
 def source_config(workdir: str) -> dict:
     """The resolved config a run wrote to ``<workdir>/config.json``."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         raise FileNotFoundError(
             f"supervised.init_from={workdir!r}: no config.json there ({path}); point it at "
             "the --workdir of a pretraining run."
         )
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def latest_checkpoint(workdir: str) -> tuple[str, int]:
     """``(path of the saved train state, step)`` of the newest checkpoint of ``workdir``."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = paths.join(paths.absolute(workdir), "checkpoints")
     steps = []
-    if os.path.isdir(directory):
+    if paths.isdir(directory):
         manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(read_only=True)
         )
@@ -68,7 +67,7 @@ def latest_checkpoint(workdir: str) -> tuple[str, int]:
             f"supervised.init_from={workdir!r}: no checkpoint under {directory}."
         )
     step = max(steps)
-    return os.path.join(directory, str(step), "default"), step
+    return paths.join(directory, str(step), "default"), step
 
 
 def _subtree(tree: Any, dotted: str, where: str) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,11 +22,12 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from ssl_jax import methods, optim, parallel, schedules
+from ssl_jax import methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import collapse, reconstruct
 from ssl_jax.evaluate.runner import Evaluator
+from ssl_jax.preemption import Preempted, PreemptionWatcher
 from ssl_jax.state import TrainState
 from ssl_jax.writer import MetricWriter
 
@@ -237,7 +237,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     buffer = _MetricBuffer()
     warned_collapse = False
     try:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), PreemptionWatcher() as preemption:
             for step in range(start_step, setup.total_steps):
                 batch = parallel.to_global(next(batches), mesh)
                 state, metrics = setup.update(state, batch, base_key)
@@ -258,12 +258,19 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     writer.write(done, scores)
                     if scores:
                         writer.info(f"step {done}: kNN top-1 {scores['knn_top1']:.2f}%")
-                if done % config.ckpt.every_steps == 0 or is_last:
+                preempted = preemption.reached(done)
+                if done % config.ckpt.every_steps == 0 or is_last or preempted:
                     buffer.flush(last_good)  # never checkpoint a diverged state
-                    if ckpt.save(done, state, force=is_last):
+                    if ckpt.save(done, state, force=is_last or preempted):
                         last_good = done
+                if preempted and not is_last:
+                    ckpt.wait()
+                    writer.info(f"Preemption notice: checkpoint at step {done} saved.")
+                    raise Preempted(done, ckpt.directory)
             ckpt.wait()
-            report = evaluator.final_report(state, setup.init(init_key), writer)
+            report = {}
+            if config.evals.at_end:
+                report = evaluator.final_report(state, setup.init(init_key), writer)
     finally:
         ckpt.close()  # lets an async save finish even when training stops on an error
         writer.close()
@@ -274,8 +281,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         processes=jax.process_count(),
     )
     if is_chief:
-        with open(os.path.join(workdir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        paths.write_text(paths.join(workdir, "report.json"), json.dumps(report, indent=2))
         report["plots"] = writer.plots()
     return report
 
@@ -286,13 +292,13 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, mesh: 
     load = getattr(methods.get_method(config.method), "load_pretrained", None)
     if load is None:
         return state
-    return jax.device_put(load(state, config), parallel.replicated(mesh))
+    return parallel.replicate(load(state, config), mesh)
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
     """The latest checkpoint of a workdir."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = paths.join(paths.absolute(workdir), "checkpoints")
+    if not paths.isdir(directory):
         raise FileNotFoundError(f"no checkpoint under {directory}")
     mesh = parallel.make_mesh()
     setup = build(config, mesh)
@@ -314,8 +320,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     scores = {"step": step, **scores}
     if jax.process_index() == 0:
         print(json.dumps(scores, indent=2))
-        with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
-            json.dump(scores, f, indent=2)
+        paths.write_text(paths.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2))
     return scores
 
 
@@ -335,7 +340,7 @@ def reconstruct_workdir(
     if num_images < 1:
         raise ValueError(f"--num_images={num_images} must be >= 1.")
     setup, state = restore_state(config, workdir)
-    path = os.path.join(workdir, "reconstruction.png")
+    path = paths.join(workdir, "reconstruction.png")
     if jax.process_index() == 0:
         variables = {"params": state.params}
         reconstruct.reconstruction_figure(

@@ -16,13 +16,15 @@ Files under ``workdir``:
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ssl_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.txt"
@@ -31,11 +33,10 @@ PLOT_PREFIXES = ("knn", "linear", "collapse", "effective_rank")
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of ``<workdir>/metrics.jsonl`` in file order ([] if there is none yet)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, METRICS_FILE)
+    if not paths.exists(path):
         return []
-    with open(path) as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
+    lines = [line for line in paths.read_text(path).splitlines() if line.strip()]
     rows = []
     for i, line in enumerate(lines):
         try:
@@ -93,8 +94,8 @@ class MetricWriter:
         self._reports: list[str] = []
         self._tb = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = self._make_tb_writer(os.path.join(workdir, "tb"))
+            paths.makedirs(workdir)
+            self._tb = self._make_tb_writer(paths.join(workdir, "tb"))
 
     @staticmethod
     def _make_tb_writer(logdir: str) -> Any:
@@ -109,7 +110,7 @@ class MetricWriter:
 
     @property
     def metrics_path(self) -> str:
-        return os.path.join(self.workdir, METRICS_FILE)
+        return paths.join(self.workdir, METRICS_FILE)
 
     # -- logs ---------------------------------------------------------------------------
 
@@ -118,8 +119,7 @@ class MetricWriter:
         if not self.enabled:
             return
         values = {k: _to_float(v) for k, v in metrics.items()}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({"step": int(step), **values}) + "\n")
+        paths.append_text(self.metrics_path, json.dumps({"step": int(step), **values}) + "\n")
         if self._tb is None:  # closed
             return
         import tensorflow as tf
@@ -131,13 +131,11 @@ class MetricWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops JSONL rows with a step beyond ``step`` (the restored checkpoint's step)."""
-        if not self.enabled or not os.path.exists(self.metrics_path):
+        if not self.enabled or not paths.exists(self.metrics_path):
             return
         kept = [row for row in read_metrics(self.workdir) if row["step"] <= step]
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in kept)
-        os.replace(tmp, self.metrics_path)  # atomic: a crash leaves the old or the new log
+        # Atomic: a crash leaves the old or the new log.
+        paths.write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # -- console ------------------------------------------------------------------------
 
@@ -194,8 +192,7 @@ class MetricWriter:
             # Rewritten from all tables of this writer: a rerun of the final evaluation
             # replaces the old report instead of appending duplicates to it.
             self._reports.append(table)
-            with open(os.path.join(self.workdir, REPORT_FILE), "w") as f:
-                f.write("\n".join(self._reports))
+            paths.write_text(paths.join(self.workdir, REPORT_FILE), "\n".join(self._reports))
         return table
 
     def plots(self) -> list[str]:
@@ -206,14 +203,14 @@ class MetricWriter:
         names = sorted({k for r in rows for k in r if k != "step"})
         wanted = [n for n in ("loss", "lr") if n in names]
         wanted += [n for n in names if n.startswith(PLOT_PREFIXES)]
-        out_dir = os.path.join(self.workdir, "plots")
-        os.makedirs(out_dir, exist_ok=True)
-        paths = []
+        out_dir = paths.join(self.workdir, "plots")
+        paths.makedirs(out_dir)
+        written = []
         for name in wanted:
             points = [(r["step"], r[name]) for r in rows if name in r and math.isfinite(r[name])]
             if points:
-                paths.append(_plot_series(name, points, out_dir))
-        return paths
+                written.append(_plot_series(name, points, out_dir))
+        return written
 
     def close(self) -> None:
         if not self.enabled:
@@ -247,6 +244,8 @@ def _plot_series(name: str, points: list[tuple[int, float]], out_dir: str) -> st
     ax.set_title(name)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path = os.path.join(out_dir, name.replace("/", "_") + ".png")
-    fig.savefig(path, dpi=100)
+    path = paths.join(out_dir, name.replace("/", "_") + ".png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    paths.write_bytes(path, buffer.getvalue())
     return path

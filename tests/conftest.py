@@ -1,9 +1,37 @@
 """Every test sees 8 fake CPU devices, set before JAX is imported anywhere."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
+# LLVM optimisation level 0 compiles about a third faster; the tests run a few steps
+# each, so compilation, not execution, is their cost.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One compilation cache for the session, shared by pytest-xdist's workers (they inherit
+# the environment of the process that loaded this file first) and by the `ssl-jax`
+# processes the tests start: the same program compiles once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssl_jax_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+# Modules that start `ssl-jax` processes or compile every method go first, so the two
+# pytest-xdist workers (--dist loadfile) do not end with one of them running alone.
+_SLOW_FIRST = ("test_multihost.py", "test_preemption.py", "test_device_count.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each module is kept

@@ -296,12 +296,12 @@ def test_smoke_vit_preset_trains_with_frozen_patch_projection():
     assert np.isfinite(float(metrics["loss"]))
     state = jax.device_get(state)
     assert int(state.step) == 1
-    for tree in (state.params, state.extra["target_params"]):
-        for name in ("kernel", "bias"):
-            np.testing.assert_array_equal(
-                tree["backbone"]["patch_embed"][name],
-                state0.params["backbone"]["patch_embed"][name],
-            )
+    for name in ("kernel", "bias"):
+        frozen = state0.params["backbone"]["patch_embed"][name]
+        np.testing.assert_array_equal(state.params["backbone"]["patch_embed"][name], frozen)
+        # The target's EMA m * p + (1 - m) * p of equal values is p up to float rounding.
+        target = state.extra["target_params"]["backbone"]["patch_embed"][name]
+        np.testing.assert_allclose(target, frozen, rtol=1e-6, atol=1e-7)
     assert not np.allclose(
         state.params["backbone"]["cls_token"], state0.params["backbone"]["cls_token"]
     )

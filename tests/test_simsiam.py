@@ -97,7 +97,7 @@ def test_loss_is_half_sum_of_negative_cosines_in_both_orders(results):
 
 def _trees_close(a, b):
     return all(
-        np.allclose(x, y, rtol=1e-4, atol=1e-6)
+        np.allclose(x, y, rtol=1e-4, atol=1e-5)
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 

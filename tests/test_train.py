@@ -1,8 +1,12 @@
 """The training loop: smoke runs, exact resume, divergence, bad input."""
 
+import contextlib
+import glob
 import json
 import os
+import resource
 import shutil
+import subprocess
 
 import jax
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 from helpers import load_config
 
 from ssl_jax import parallel, train
-from ssl_jax.checkpoint import IncompatibleCheckpointError
+from ssl_jax.checkpoint import CheckpointWriteError, IncompatibleCheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +112,81 @@ def test_moco_v1_and_simclr_smoke_presets_train(tmp_path):
         report = train.pretrain(config, str(tmp_path / name))
         assert report["steps"] == 4
         assert 0.0 <= report["pretrained"]["knn_top1"] <= 100.0
+
+
+@contextlib.contextmanager
+def _read_only(directory):
+    """No new entries in ``directory``: chmod for a user, the immutable flag for root
+    (which ignores permissions)."""
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(directory, 0o755)
+        return
+    if subprocess.run(["chattr", "+i", directory], capture_output=True).returncode:
+        pytest.skip(f"cannot make {directory} read-only as root here (no chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", directory], check=True)
+
+
+@contextlib.contextmanager
+def _full_disk():
+    """Writes of more than 20 kB fail with EFBIG, as a full disk's fail with ENOSPC."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("failure", ["read_only", "full_disk"])
+def test_unwritable_checkpoint_dir_keeps_last_good(moco_run, tmp_path, failure):
+    config, workdir, _ = moco_run
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    checkpoints = os.path.join(run, "checkpoints")
+    longer = load_config("moco_v2", schedule__total_steps=6, evals__at_end=False)
+    blocked = _read_only(checkpoints) if failure == "read_only" else _full_disk()
+    message = (
+        r"cannot write the checkpoint at step 6 to .*checkpoints \(.*\); "
+        r"the last good checkpoint is step 4, intact"
+    )
+    with blocked, pytest.raises(CheckpointWriteError, match=message):
+        train.pretrain(longer, run)
+    assert sorted(d for d in os.listdir(checkpoints) if d.isdigit()) == ["2", "4"]
+    assert int(np.asarray(train.restore_state(longer, run)[1].step.addressable_data(0))) == 4
+    if failure == "full_disk":
+        # orbax's threads of the failed save live on in this process (they end with the
+        # command in a real run), so the rerun is shown on the read-only case.
+        return
+    # The same command, once the disk is writable again, resumes from step 4 and finishes.
+    report = train.pretrain(longer, run)
+    assert report["steps"] == 6
+    assert int(_final_state(longer, run).step) == 6
+
+
+@pytest.mark.parametrize("damage", ["array_bytes", "metadata"])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_with_a_warning(
+    moco_run, tmp_path, caplog, damage
+):
+    config, workdir, _ = moco_run
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    latest = os.path.join(run, "checkpoints", "4", "default")
+    if damage == "array_bytes":
+        data = glob.glob(os.path.join(latest, "ocdbt.process_0", "d", "*"))
+        assert data
+        for path in data:
+            with open(path, "wb") as f:
+                f.write(b"torn write")
+    else:
+        with open(os.path.join(latest, "_METADATA"), "w") as f:
+            f.write('{"tree_metadata": {')
+    state = train.restore_state(config, run)[1]
+    assert int(np.asarray(state.step.addressable_data(0))) == 2
+    assert "checkpoint step 4 is unreadable" in caplog.text

@@ -9,8 +9,13 @@
   / ``[N,H,W,1]``) and optional integer ``labels [N]``. One array set: split ``train``.
 * ``folder:<path>`` -- image files (jpg/jpeg/png/bmp/gif) either in class subfolders (label =
   index of the sorted subfolder name, like torchvision's ImageFolder) or flat (unlabelled,
-  label -1). Split ``train``. Every file is decoded once at load time so that a broken file
-  fails here, naming its path, instead of deep inside a tf.data iterator.
+  label -1). Split ``train``. Any mode (gray, gray+alpha, RGBA, palette, 16-bit, CMYK JPEG)
+  and any size: the pipeline sees uint8 RGB and crops/resizes to ``input.image_size``.
+  Hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``, macOS ``._x.jpg``) are ignored;
+  other files without an image extension (``notes.txt``) are skipped with one logged
+  warning that names some, so a folder of ``.webp`` or ``.tif`` images is not silently
+  dropped. Every image file is decoded once at load time so that a broken one fails here,
+  naming its path, instead of deep inside a tf.data iterator.
 * any other name -- a TensorFlow Datasets builder read from ``data_dir`` (never downloaded at
   run time; prepare it once with ``tfds build``).
 
@@ -33,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def hide_accelerators_from_tf() -> None:
@@ -242,20 +248,53 @@ def _load_digits(split: str) -> ArraySource:
     return ArraySource("digits", split, stop - start, 10, images[start:stop], labels[start:stop])
 
 
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``; anything np.load cannot read fails naming the file."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        # np.load would try unpickling it and then blame "pickled (object) data".
+        raise ValueError(
+            f"cannot read npz data set file {path!r}: not an .npz archive (it does not "
+            "start like a zip file); write it with np.savez(path, images=..., labels=...)"
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # not a zip / not NumPy / object arrays
+        raise ValueError(f"cannot read npz data set file {path!r}: {e}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: expected an .npz archive (np.savez(path, images=..., labels=...)); "
+            f"found a single {type(data).__name__} array"
+        )
+    with data:
+        try:
+            return {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as e:  # zip member corrupt, or pickled
+            raise ValueError(f"cannot read npz data set file {path!r}: {e}") from None
+
+
 def _load_npz(path: str, split: str) -> ArraySource:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"npz data set file {path!r} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        keys = sorted(data.keys())
-        if "images" not in keys:
-            raise ValueError(
-                f"{path}: expected key 'images' (uint8 [N,H,W,3]) and optional 'labels'; "
-                f"found keys {keys}"
-            )
-        images = data["images"]
-        labels = data["labels"] if "labels" in keys else None
+    data = _read_npz(path)
+    keys = sorted(data)
+    if "images" not in keys:
+        raise ValueError(
+            f"{path}: expected key 'images' (uint8 [N,H,W,3]) and optional 'labels'; "
+            f"found keys {keys}"
+        )
+    images = data["images"]
+    labels = data.get("labels")
     if images.dtype != np.uint8:
-        raise ValueError(f"{path}: 'images' must have dtype uint8 (0..255); found {images.dtype}")
+        hint = (
+            "; scale floats in 0..1 with (x * 255).round().astype(np.uint8)"
+            if np.issubdtype(images.dtype, np.floating)
+            else ""
+        )
+        raise ValueError(
+            f"{path}: 'images' must have dtype uint8 (0..255); found {images.dtype}{hint}"
+        )
     images = _to_rgb_uint8(images, path)
     if labels is None:
         labels = np.full([len(images)], -1, np.int32)
@@ -280,32 +319,91 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_hidden(name: str) -> bool:
+    # .DS_Store, .ipynb_checkpoints/, macOS "._photo.jpg" resource forks: never data.
+    return name.startswith(".")
+
+
+def _warn_skipped(root: str, skipped: list[str]) -> None:
+    """One warning for files without an image extension, naming a few of them."""
+    if not skipped:
+        return
+    extensions = sorted({os.path.splitext(p)[1].lower() or "(none)" for p in skipped})
+    logging.warning(
+        "folder %r: skipped %d files without an image extension %s, e.g. %s (extensions: %s)",
+        root,
+        len(skipped),
+        IMAGE_EXTENSIONS,
+        ", ".join(repr(p) for p in skipped[:3]),
+        ", ".join(extensions),
+    )
+
+
 def _list_folder(root: str) -> tuple[list[str], list[int], int | None]:
     """Files and labels: class subfolders (recursive within each) or a flat folder."""
-    entries = sorted(os.listdir(root))
+    entries = sorted(e for e in os.listdir(root) if not _is_hidden(e))
     classes = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    top_files = [os.path.join(root, e) for e in entries if _is_image(e)]
+    top = [os.path.join(root, e) for e in entries if e not in classes]
+    top_files = [p for p in top if _is_image(p)]
+    skipped = [p for p in top if not _is_image(p)]
     paths, labels = [], []
     for label, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
-            dirnames.sort()  # os.walk order is file-system dependent; fix it.
-            paths += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))  # fixed order
+            files = [os.path.join(dirpath, f) for f in sorted(filenames) if not _is_hidden(f)]
+            paths += [f for f in files if _is_image(f)]
+            skipped += [f for f in files if not _is_image(f)]
             labels += [label] * (len(paths) - len(labels))
     if paths and top_files:
         raise ValueError(
             f"folder {root!r} mixes class subfolders {classes} with loose images such as "
             f"{top_files[0]!r}; use either class subfolders or a flat folder"
         )
+    if not paths and not top_files:
+        raise ValueError(
+            f"folder {root!r} contains no images with extensions {IMAGE_EXTENSIONS}"
+            + (f"; it has other files such as {skipped[0]!r}" if skipped else "")
+        )
+    _warn_skipped(root, skipped)
     if paths:
         return paths, labels, len(classes)
-    if not top_files:
-        raise ValueError(f"folder {root!r} contains no images with extensions {IMAGE_EXTENSIONS}")
     return top_files, [-1] * len(top_files), None
+
+
+def _bmp_palette_problem(path: str) -> str | None:
+    """Why TF would misread this BMP, or None.
+
+    TF's BMP decoder ignores the colour table: an 8-bit palette BMP decodes as its palette
+    *indices* (wrong colours, silently) and 1/4-bit BMPs fail with a cryptic channel error.
+    An 8-bit BMP whose table is the gray ramp (PIL's mode "L") decodes correctly.
+    """
+    with tf.io.gfile.GFile(path, "rb") as f:
+        header = f.read(14 + 40 + 256 * 4)
+    if len(header) < 30 or header[:2] != b"BM":
+        return None  # not a BMP after all; the decoder reports it
+    dib_size = int.from_bytes(header[14:18], "little")
+    bits = int.from_bytes(header[28:30] if dib_size >= 40 else header[24:26], "little")
+    if bits > 8:
+        return None
+    if bits == 8 and dib_size >= 40:
+        used = int.from_bytes(header[46:50], "little") or 256
+        table = np.frombuffer(header[14 + dib_size :][: used * 4], np.uint8).reshape(-1, 4)
+        ramp = np.arange(len(table), dtype=np.uint8)
+        if len(table) == used and all((table[:, c] == ramp).all() for c in range(3)):
+            return None
+    return (
+        f"palette BMP with {bits}-bit pixels, which TensorFlow's decoder cannot read; "
+        "convert it to PNG or 24-bit BMP (e.g. PIL: Image.open(p).convert('RGB').save(...))"
+    )
 
 
 def _check_decodable(paths: list[str]) -> None:
     """Decodes every file once with the pipeline's own decoder; fails naming the file."""
     for path in paths:
+        # Before decoding: TF's error for a 1/4-bit BMP says nothing about palettes.
+        problem = _bmp_palette_problem(path) if path.lower().endswith(".bmp") else None
+        if problem:
+            raise ValueError(f"cannot decode image file {path!r}: {problem}")
         try:
             decode_image(tf.io.read_file(path))
         except (tf.errors.OpError, ValueError) as e:

@@ -19,6 +19,7 @@ and notebooks call it with whatever restored the variables).
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -29,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ssl_jax import losses
+from ssl_jax import losses, paths
 from ssl_jax.data import pipeline
 from ssl_jax.models.mae import patchify, unpatchify
 
@@ -111,8 +112,10 @@ def write_png(grid: np.ndarray, path: str, scale: int = 1) -> str:
     if scale < 1:
         raise ValueError(f"scale={scale} must be >= 1.")
     big = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    matplotlib.image.imsave(path, big, format="png")
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, big, format="png")
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+    paths.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -1,0 +1,75 @@
+"""Preemption notices: SIGTERM becomes "checkpoint at the next step boundary and stop".
+
+Cloud TPU VMs, Slurm (``--signal``) and Kubernetes announce an eviction with SIGTERM a
+little before they kill the job. Every host must checkpoint the same step, so:
+
+* in a multi-process job, JAX's preemption service (started by
+  ``jax.distributed.initialize``) catches SIGTERM on any host, agrees on the first step
+  every host can still reach, and ``multihost_utils.reached_preemption_sync_point`` turns
+  true there on all hosts at once;
+* in a single process, a Python SIGTERM handler sets a flag that the loop reads after
+  the step in flight.
+
+The loop then saves, waits for the write, and raises `Preempted`; the command line exits
+with `EXIT_PREEMPTED`, and rerunning the same command resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+
+# EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry".
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """The run saved a checkpoint at ``step`` after a preemption notice and stopped."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(
+            f"preempted (SIGTERM): saved the checkpoint at step {step} in {directory}; "
+            "rerun the same command to resume from it."
+        )
+        self.step = step
+
+
+class PreemptionWatcher:
+    """``reached(step)``: whether the loop should checkpoint after ``step`` and stop.
+
+    Call it after every step, on every process, with the same steps (the multi-process
+    protocol requires it). A context manager: the previous SIGTERM handler is restored
+    on exit, so a notebook or test that trains twice is unaffected.
+    """
+
+    def __init__(self) -> None:
+        self._multi_process = jax.process_count() > 1
+        self._signalled = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> PreemptionWatcher:
+        # Python handlers can only be installed from the main thread; elsewhere (a
+        # notebook's worker thread) the run simply gets no preemption handling.
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._signalled.set()
+
+    def reached(self, step: int) -> bool:
+        if self._multi_process:
+            from jax.experimental import multihost_utils
+
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the preemption service is disabled by jax config
+                return False
+        return self._signalled.is_set()

@@ -1,0 +1,114 @@
+"""Preemption and crashes of a real `ssl-jax pretrain` process: SIGTERM saves at the next
+step boundary and exits 75; SIGKILL at a random step loses nothing. Either way the same
+command finishes the run with the final state and the metrics log of an uninterrupted run,
+bitwise (same program, same CPU)."""
+
+import os
+import random
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers import config_flags, load_config, ssl_jax_process
+
+from ssl_jax import train
+from ssl_jax.preemption import EXIT_PREEMPTED
+from ssl_jax.writer import read_metrics
+
+STEPS = 16
+# A checkpoint every 8 steps, no evaluation: the run is nothing but steps and saves.
+OVERRIDES = dict(
+    schedule__total_steps=STEPS,
+    ckpt__every_steps=8,
+    ckpt__keep=3,
+    evals__knn_every_steps=0,
+    evals__at_end=False,
+)
+CONFIG_FLAG = "--config=configs/moco_v2.py:smoke"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    config = load_config("moco_v2", **OVERRIDES)
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    train.pretrain(config, workdir)
+    return config, workdir
+
+
+def _start(workdir):
+    flags = config_flags(**OVERRIDES)
+    return ssl_jax_process("pretrain", CONFIG_FLAG, f"--workdir={workdir}", *flags)
+
+
+def _wait_for_step(proc, workdir, step, timeout=240):
+    """Returns once the run has logged ``step`` (it is then in the steps after it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = read_metrics(workdir) if os.path.exists(workdir) else []
+        if any(r["step"] >= step for r in rows):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before step {step}:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no step {step} within {timeout} s")
+
+
+def _finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _checkpoint_steps(workdir):
+    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _assert_same_run(config, expected_dir, actual_dir):
+    expected = jax.device_get(train.restore_state(config, expected_dir)[1])
+    actual = jax.device_get(train.restore_state(config, actual_dir)[1])
+    assert int(actual.step) == STEPS
+    paths_expected = jax.tree_util.tree_leaves_with_path(expected)
+    paths_actual = jax.tree_util.tree_leaves_with_path(actual)
+    assert [p for p, _ in paths_expected] == [p for p, _ in paths_actual]
+    for (path, a), (_, b) in zip(paths_expected, paths_actual, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert read_metrics(actual_dir) == read_metrics(expected_dir)
+
+
+def test_sigterm_checkpoints_at_the_next_step_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
+    config, expected_dir = uninterrupted
+    workdir = str(tmp_path / "run")
+    proc = _start(workdir)
+    _wait_for_step(proc, workdir, 3)
+    proc.send_signal(signal.SIGTERM)
+    status, out = _finish(proc)
+    assert status == EXIT_PREEMPTED, out
+    assert "preempted (SIGTERM): saved the checkpoint at step" in out
+    (saved,) = _checkpoint_steps(workdir)  # off the 8-step interval: the preemption save
+    assert 3 <= saved < 8, saved
+    assert max(r["step"] for r in read_metrics(workdir)) == saved
+
+    status, out = _finish(_start(workdir))
+    assert status == 0, out
+    assert f"Resumed from the checkpoint at step {saved}" in out
+    _assert_same_run(config, expected_dir, workdir)
+
+
+def test_sigkill_at_a_random_step_then_restart_matches_an_uninterrupted_run(
+    uninterrupted, tmp_path
+):
+    config, expected_dir = uninterrupted
+    kill_after = random.randrange(2, STEPS - 5)
+    print(f"SIGKILL after step {kill_after}")  # shown when the test fails
+    workdir = str(tmp_path / "run")
+    proc = _start(workdir)
+    _wait_for_step(proc, workdir, kill_after)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    status, out = _finish(_start(workdir))
+    assert status == 0, out
+    _assert_same_run(config, expected_dir, workdir)
