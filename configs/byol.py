@@ -107,13 +107,15 @@ def smoke():
     return c
 
 
+PRESETS = dict(
+    digits=digits,
+    cifar10=cifar10,
+    imagenet=imagenet,
+    imagenet300=imagenet300,
+    imagenet100=imagenet100,
+    smoke=smoke,
+)
+
+
 def get_config(arg=None):
-    presets = dict(
-        digits=digits,
-        cifar10=cifar10,
-        imagenet=imagenet,
-        imagenet300=imagenet300,
-        imagenet100=imagenet100,
-        smoke=smoke,
-    )
-    return config_base.select_preset(arg, presets)
+    return config_base.select_preset(arg, PRESETS)

@@ -198,14 +198,16 @@ def smoke_vit():
     return c
 
 
+PRESETS = dict(
+    digits=digits,
+    cifar10=cifar10,
+    cifar10_resnet18=cifar10_resnet18,
+    imagenet=imagenet,
+    imagenet_resnet50=imagenet_resnet50,
+    smoke=smoke,
+    smoke_vit=smoke_vit,
+)
+
+
 def get_config(arg=None):
-    presets = dict(
-        digits=digits,
-        cifar10=cifar10,
-        cifar10_resnet18=cifar10_resnet18,
-        imagenet=imagenet,
-        imagenet_resnet50=imagenet_resnet50,
-        smoke=smoke,
-        smoke_vit=smoke_vit,
-    )
-    return config_base.select_preset(arg, presets)
+    return config_base.select_preset(arg, PRESETS)

@@ -112,12 +112,14 @@ def smoke():
     return c
 
 
+PRESETS = dict(
+    digits=digits,
+    cifar10=cifar10,
+    imagenet_vit_base=imagenet_vit_base,
+    imagenet_vit_large=imagenet_vit_large,
+    smoke=smoke,
+)
+
+
 def get_config(arg=None):
-    presets = dict(
-        digits=digits,
-        cifar10=cifar10,
-        imagenet_vit_base=imagenet_vit_base,
-        imagenet_vit_large=imagenet_vit_large,
-        smoke=smoke,
-    )
-    return config_base.select_preset(arg, presets)
+    return config_base.select_preset(arg, PRESETS)

@@ -57,6 +57,8 @@ def smoke():
     return c
 
 
+PRESETS = dict(digits=digits, cifar10=cifar10, imagenet=imagenet, smoke=smoke)
+
+
 def get_config(arg=None):
-    presets = dict(digits=digits, cifar10=cifar10, imagenet=imagenet, smoke=smoke)
-    return config_base.select_preset(arg, presets)
+    return config_base.select_preset(arg, PRESETS)

@@ -184,15 +184,17 @@ def smoke_vit():
     return c
 
 
+PRESETS = dict(
+    digits=digits,
+    cifar10=cifar10,
+    cifar10_vit=cifar10_vit,
+    imagenet=imagenet,
+    imagenet_vit_small=imagenet_vit_small,
+    imagenet_vit_base=imagenet_vit_base,
+    smoke=smoke,
+    smoke_vit=smoke_vit,
+)
+
+
 def get_config(arg=None):
-    presets = dict(
-        digits=digits,
-        cifar10=cifar10,
-        cifar10_vit=cifar10_vit,
-        imagenet=imagenet,
-        imagenet_vit_small=imagenet_vit_small,
-        imagenet_vit_base=imagenet_vit_base,
-        smoke=smoke,
-        smoke_vit=smoke_vit,
-    )
-    return config_base.select_preset(arg, presets)
+    return config_base.select_preset(arg, PRESETS)

@@ -207,16 +207,18 @@ def smoke_linear():
     return _smoke("linear")
 
 
+PRESETS = dict(
+    smoke=smoke,
+    smoke_linear=smoke_linear,
+    finetune_digits=finetune_digits,
+    linear_digits=linear_digits,
+    finetune_cifar10=finetune_cifar10,
+    linear_cifar10=linear_cifar10,
+    finetune_imagenet_vit_base=finetune_imagenet_vit_base,
+    finetune_imagenet_vit_large=finetune_imagenet_vit_large,
+    linear_imagenet_vit_base=linear_imagenet_vit_base,
+)
+
+
 def get_config(arg=None):
-    presets = dict(
-        smoke=smoke,
-        smoke_linear=smoke_linear,
-        finetune_digits=finetune_digits,
-        linear_digits=linear_digits,
-        finetune_cifar10=finetune_cifar10,
-        linear_cifar10=linear_cifar10,
-        finetune_imagenet_vit_base=finetune_imagenet_vit_base,
-        finetune_imagenet_vit_large=finetune_imagenet_vit_large,
-        linear_imagenet_vit_base=linear_imagenet_vit_base,
-    )
-    return config_base.select_preset(arg, presets, default="finetune_digits")
+    return config_base.select_preset(arg, PRESETS, default="finetune_digits")

@@ -3,6 +3,8 @@
     ssl-jax pretrain --config=configs/moco_v2.py:digits --workdir=/tmp/moco_digits
     ssl-jax eval --workdir=/tmp/moco_digits            # kNN + linear probe of the latest checkpoint
     ssl-jax reconstruct --workdir=/tmp/mae_digits      # MAE: reconstruction.png of test images
+    ssl-jax export --workdir=/tmp/moco_digits          # the encoder as one Flax msgpack file
+    ssl-jax list                                       # methods, backbones, data sets, presets
     ssl-jax pretrain ... --config.optim.lr=0.1         # any config key can be overridden
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
 
@@ -46,7 +48,11 @@ _SPLIT = flags.DEFINE_string(
     "split", None, "reconstruct: the images' split (default: input.eval_test_split)."
 )
 
-COMMANDS = ("pretrain", "eval", "reconstruct")
+_OUT = flags.DEFINE_string(
+    "out", None, "export: the file to write (default: <workdir>/backbone.msgpack)."
+)
+
+COMMANDS = ("pretrain", "eval", "reconstruct", "export", "list")
 _EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR
 
 
@@ -69,8 +75,13 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(
             f"expected one command out of {', '.join(COMMANDS)}; got {commands or 'none'}."
         )
+    if commands[0] == "list":
+        from ssl_jax import catalog
+
+        print(catalog.catalog_text())
+        return
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
+        raise app.UsageError(f"{commands[0]} needs --workdir.")
     from ssl_jax import parallel
 
     try:
@@ -97,6 +108,10 @@ def _main(argv: list[str]) -> None:
         elif command == "eval":
             config = config or _config_from_workdir(workdir)
             train.evaluate_workdir(config, workdir)
+        elif command == "export":
+            from ssl_jax import export
+
+            print(f"Wrote {export.export_backbone(workdir, _OUT.value)}")
         else:
             config = config or _config_from_workdir(workdir)
             train.reconstruct_workdir(

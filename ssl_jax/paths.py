@@ -62,6 +62,10 @@ def append_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def read_bytes(path: str) -> bytes:
+    return epath.Path(path).read_bytes()
+
+
 def write_bytes(path: str, data: bytes) -> None:
     epath.Path(path).write_bytes(data)
 

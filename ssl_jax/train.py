@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -281,8 +282,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         processes=jax.process_count(),
     )
     if is_chief:
-        paths.write_text(paths.join(workdir, "report.json"), json.dumps(report, indent=2))
         report["plots"] = writer.plots()
+        paths.write_text(paths.join(workdir, "report.json"), json.dumps(report, indent=2))
+        if report["plots"]:
+            names = ", ".join(os.path.basename(p) for p in report["plots"])
+            print(f"Plots in {paths.join(workdir, 'plots')}: {names}")
     return report
 
 

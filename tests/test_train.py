@@ -41,7 +41,12 @@ def test_collapse_diagnostics_are_logged_and_plotted(moco_run):
     rows = [r for r in _rows(workdir) if "loss" in r]
     assert all(0 < r["collapse_std"] < 1 and r["effective_rank"] >= 1 for r in rows)
     plots = {os.path.basename(p) for p in report["plots"]}
-    assert {"collapse_std.png", "effective_rank.png"} <= plots
+    assert {"loss.png", "lr.png", "collapse_std.png", "effective_rank.png"} <= plots
+    for path in report["plots"]:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", path  # a PNG file's signature
+    with open(os.path.join(workdir, "report.json")) as f:
+        assert json.load(f)["plots"] == report["plots"]  # the report names them
 
 
 def _final_state(config, workdir):

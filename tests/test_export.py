@@ -1,0 +1,64 @@
+"""`ssl-jax export` and `ssl-jax list`."""
+
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+from helpers import load_config
+from test_cli import _ssl_jax
+
+from ssl_jax import export, train
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    config = load_config(
+        "moco_v2", schedule__total_steps=2, evals__at_end=False, evals__knn_every_steps=0
+    )
+    workdir = str(tmp_path_factory.mktemp("export") / "run")
+    train.pretrain(config, workdir)
+    return config, workdir
+
+
+def test_exported_backbone_loads_with_flax_alone_and_embeds_like_the_run(finished_run, tmp_path):
+    config, workdir = finished_run
+    path = export.export_backbone(workdir, str(tmp_path / "encoder.msgpack"))
+    with open(path, "rb") as f:
+        blob = flax.serialization.msgpack_restore(f.read())  # no ssl_jax needed
+    setup, state = train.restore_state(config, workdir)
+    state = jax.device_get(state)
+    for got, want in (
+        (blob["params"], state.params["backbone"]),
+        (blob["batch_stats"], state.batch_stats["backbone"]),
+    ):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    module, variables, source = export.load_exported(path)
+    assert source["method"] == "moco" and source["step"] == 2
+    images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    features = module.apply(variables, images, train=False)
+    expected = setup.model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        images,
+        train=False,
+        method="embed",
+    )
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_workdir_without_a_run_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json there"):
+        export.export_backbone(str(tmp_path))
+
+
+def test_list_and_export_commands(finished_run):
+    _, workdir = finished_run
+    listed = _ssl_jax("list")
+    assert listed.returncode == 0, listed.stderr
+    for expected in ("moco_v3", "resnet50", "vit_small", "npz:<path>", "configs/dino.py:"):
+        assert expected in listed.stdout
+    exported = _ssl_jax("export", f"--workdir={workdir}")
+    assert exported.returncode == 0, exported.stderr
+    assert "backbone.msgpack" in exported.stdout
