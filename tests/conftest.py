@@ -26,7 +26,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # Modules that start `ssl-jax` processes or compile every method go first, so the two
 # pytest-xdist workers (--dist loadfile) do not end with one of them running alone.
-_SLOW_FIRST = ("test_multihost.py", "test_preemption.py", "test_device_count.py")
+_SLOW_FIRST = (
+    "test_multihost.py",
+    "test_preemption.py",
+    "test_notebooks.py",
+    "test_device_count.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
