@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 
 from ssl_jax import paths
 
+CONFIG_FILE = "config.json"  # the resolved config of a run, in its workdir
+
 
 class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint whose structure does not match this config."""
@@ -156,17 +158,22 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def saved_config(workdir: str) -> dict | None:
+    """The resolved config a run wrote to ``<workdir>/config.json``; None if there is none."""
+    path = paths.join(workdir, CONFIG_FILE)
+    return json.loads(paths.read_text(path)) if paths.exists(path) else None
+
+
 def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> None:
     """Refuses a workdir whose checkpoint came from an incompatible config; then saves
     the resolved config as <workdir>/config.json. Nothing is written when it refuses."""
-    path = paths.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort())
     checkpoints = paths.join(workdir, "checkpoints")
     has_ckpt = paths.isdir(checkpoints) and any(
         name.isdigit() for name in paths.listdir(checkpoints)
     )
-    if has_ckpt and paths.exists(path):
-        saved = json.loads(paths.read_text(path))
+    saved = saved_config(workdir) if has_ckpt else None
+    if saved is not None:
         old, new = _flatten(saved), _flatten(current)
         changed = sorted(
             k
@@ -181,4 +188,5 @@ def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> N
             )
     if write:
         paths.makedirs(workdir)
-        paths.write_text(path, json.dumps(current, indent=2, sort_keys=True))
+        text = json.dumps(current, indent=2, sort_keys=True)
+        paths.write_text(paths.join(workdir, CONFIG_FILE), text)

@@ -17,7 +17,6 @@ The same command runs on a laptop CPU, a GPU box, or every host of a Cloud TPU V
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -59,12 +58,14 @@ _EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR
 def _config_from_workdir(workdir: str):
     import ml_collections
 
-    from ssl_jax import paths
+    from ssl_jax.checkpoint import CONFIG_FILE, saved_config
 
-    path = paths.join(workdir, "config.json")
-    if not paths.exists(path):
-        raise FileNotFoundError(f"{path} does not exist; pass --config or a run's --workdir.")
-    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+    config = saved_config(workdir)
+    if config is None:
+        raise FileNotFoundError(
+            f"{workdir} has no {CONFIG_FILE}; pass --config or a run's --workdir."
+        )
+    return ml_collections.ConfigDict(config)
 
 
 def _main(argv: list[str]) -> None:
@@ -92,8 +93,7 @@ def _main(argv: list[str]) -> None:
             process_id=_PROCESS_ID.value,
         )
     except ValueError as e:
-        print(f"ssl-jax: {e}", file=sys.stderr)
-        sys.exit(_EXIT_BAD_INPUT)
+        _fail(str(e), _EXIT_BAD_INPUT)
     from ssl_jax import train
     from ssl_jax.checkpoint import CheckpointWriteError
     from ssl_jax.preemption import EXIT_PREEMPTED, Preempted
@@ -118,17 +118,19 @@ def _main(argv: list[str]) -> None:
                 config, workdir, num_images=_NUM_IMAGES.value, split=_SPLIT.value
             )
     except Preempted as e:
-        print(f"ssl-jax: {e}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        _fail(str(e), EXIT_PREEMPTED)
     except CheckpointWriteError as e:
-        print(f"ssl-jax: {e}", file=sys.stderr)
-        sys.exit(_EXIT_CANNOT_WRITE)
+        _fail(str(e), _EXIT_CANNOT_WRITE)
     except train.DivergenceError as e:
-        print(f"ssl-jax: training diverged: {e}", file=sys.stderr)
-        sys.exit(_EXIT_DIVERGED)
+        _fail(f"training diverged: {e}", _EXIT_DIVERGED)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"ssl-jax: {e}", file=sys.stderr)
-        sys.exit(_EXIT_BAD_INPUT)
+        _fail(str(e), _EXIT_BAD_INPUT)
+
+
+def _fail(message: str, status: int) -> None:
+    """One line on stderr, then the exit status that says what kind of failure it was."""
+    print(f"ssl-jax: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -151,8 +153,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         if not overrides:
             raise
         message = _unknown_key_message(e, overrides)
-    print(f"ssl-jax: {message}", file=sys.stderr)
-    sys.exit(2)
+    _fail(message, _EXIT_BAD_INPUT)
 
 
 def _without_traceback(message: str) -> str:

@@ -19,7 +19,6 @@ shape mismatch is an error listing the offending paths.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -29,6 +28,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from ssl_jax import paths
+from ssl_jax.checkpoint import CONFIG_FILE, saved_config
 from ssl_jax.models.vit import interpolate_pos_embed
 
 # Methods whose evaluated encoder is not ``params``: method -> (params, batch_stats) paths.
@@ -43,13 +43,13 @@ class PretrainedMismatchError(ValueError):
 
 def source_config(workdir: str) -> dict:
     """The resolved config a run wrote to ``<workdir>/config.json``."""
-    path = paths.join(workdir, "config.json")
-    if not paths.exists(path):
+    config = saved_config(workdir)
+    if config is None:
         raise FileNotFoundError(
-            f"supervised.init_from={workdir!r}: no config.json there ({path}); point it at "
+            f"supervised.init_from={workdir!r}: no {CONFIG_FILE} there; point it at "
             "the --workdir of a pretraining run."
         )
-    return json.loads(paths.read_text(path))
+    return config
 
 
 def latest_checkpoint(workdir: str) -> tuple[str, int]:

@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,11 +25,9 @@ def load_config(name: str, preset: str = "smoke", **overrides):
     return config
 
 
-def ssl_jax_process(*args, devices: int = 8, env: dict | None = None, **popen_kwargs):
-    """Starts ``python -m ssl_jax.main *args`` with ``devices`` fake CPU devices."""
-    import subprocess
-    import sys
-
+def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True):
+    """Starts ``python -m ssl_jax.main *args`` with ``devices`` fake CPU devices; its
+    stderr goes to its stdout unless ``merge_stderr=False``."""
     # This process's XLA flags (conftest's), with the device count replaced.
     flags = [
         f
@@ -35,16 +35,25 @@ def ssl_jax_process(*args, devices: int = 8, env: dict | None = None, **popen_kw
         if not f.startswith("--xla_force_host_platform_device_count")
     ]
     flags.append(f"--xla_force_host_platform_device_count={devices}")
-    full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), **(env or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "ssl_jax.main", *args],
         cwd=ROOT,
-        env=full_env,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags)),
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         text=True,
-        **popen_kwargs,
     )
+
+
+def run_ssl_jax(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs ``ssl-jax *args`` to the end; stdout and stderr kept apart."""
+    proc = ssl_jax_process(*args, merge_stderr=False)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def config_flags(**overrides) -> list[str]:

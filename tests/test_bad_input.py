@@ -6,24 +6,15 @@ the checkpoint code in tests/test_train.py.
 """
 
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, load_config
+from helpers import load_config, run_ssl_jax
 from PIL import Image
 
 from ssl_jax import methods, models, parallel
 from ssl_jax.data import pipeline
 from ssl_jax.data.sources import load_source
-
-
-def _ssl_jax(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "ssl_jax.main", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _fresh(dataset: str) -> str:
@@ -57,7 +48,7 @@ def _fresh(dataset: str) -> str:
 )
 def test_bad_config_flag_is_one_line_naming_it(tmp_path, flags, expected):
     workdir = tmp_path / "run"
-    out = _ssl_jax("pretrain", *flags, f"--workdir={workdir}")
+    out = run_ssl_jax("pretrain", *flags, f"--workdir={workdir}")
     assert out.returncode == 2, out.stderr
     assert f"ssl-jax: {expected}" in out.stderr
     assert "Traceback" not in out.stderr

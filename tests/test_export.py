@@ -4,8 +4,7 @@ import flax.serialization
 import jax
 import numpy as np
 import pytest
-from helpers import load_config
-from test_cli import _ssl_jax
+from helpers import load_config, run_ssl_jax
 
 from ssl_jax import export, train
 
@@ -55,10 +54,10 @@ def test_export_of_a_workdir_without_a_run_names_it(tmp_path):
 
 def test_list_and_export_commands(finished_run):
     _, workdir = finished_run
-    listed = _ssl_jax("list")
+    listed = run_ssl_jax("list")
     assert listed.returncode == 0, listed.stderr
     for expected in ("moco_v3", "resnet50", "vit_small", "npz:<path>", "configs/dino.py:"):
         assert expected in listed.stdout
-    exported = _ssl_jax("export", f"--workdir={workdir}")
+    exported = run_ssl_jax("export", f"--workdir={workdir}")
     assert exported.returncode == 0, exported.stderr
     assert "backbone.msgpack" in exported.stdout

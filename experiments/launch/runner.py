@@ -6,6 +6,7 @@ lines starting with `#` say when or how often a command would run.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import subprocess
@@ -69,3 +70,19 @@ class Runner:
                 print(line, end="", file=self.out, flush=True)
                 on_line(line)
         return proc.returncode
+
+
+def main(
+    parse_args: Callable[[list[str]], argparse.Namespace],
+    launch: Callable[[argparse.Namespace, Runner], None],
+    argv: list[str] | None = None,
+) -> int:
+    """A launch script's entry point: parse, run (or print with --dry-run), report a
+    failed step as one line with exit status 1."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        launch(args, Runner(dry_run=args.dry_run))
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain_command import EXIT_PREEMPTED, pretrain_argv
-from runner import LaunchError, Runner
+from runner import Runner
+from runner import main as runner_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Slurm's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
@@ -201,13 +202,7 @@ def submit(args: argparse.Namespace, runner: Runner) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        submit(args, Runner(dry_run=args.dry_run))
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return runner_main(parse_args, submit, argv)
 
 
 if __name__ == "__main__":

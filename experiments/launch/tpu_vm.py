@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain_command import EXIT_DONE, EXIT_PREEMPTED, Action, action_after_exit, pretrain_argv
 from runner import LaunchError, Runner
+from runner import main as runner_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REMOTE_REPO = "~/ssl_jax"  # where the code lives on every worker
@@ -442,14 +443,7 @@ def _note_restart_plan(args: argparse.Namespace, runner: Runner) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    runner = Runner(dry_run=args.dry_run)
-    try:
-        launch(args, runner)
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return runner_main(parse_args, launch, argv)
 
 
 if __name__ == "__main__":
