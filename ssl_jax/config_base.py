@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
             frozen_patch_embed=False,  # MoCo v3's random, frozen patch projection
             pool="cls",  # features for evaluation: class token or "gap" of patch tokens
             num_heads=0,  # 0: the registry's (timm/DINO); MoCo v3's vit_small uses 12
+            remat=False,  # recompute each block's activations in the backward pass
         ),
     )
     c.input = dict(
@@ -62,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
         views=dict(),
         shuffle_buffer=16_384,
         prefetch=2,
+        # Colour ops + normalisation in the jitted step, crops on the host (device_augment.py)
+        augment_on_device=False,
     )
     c.optim = dict(
         name="sgd",

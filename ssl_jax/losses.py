@@ -1,5 +1,9 @@
 """Pure loss math shared by the methods, always evaluated in float32.
 
+Every function casts its array inputs to float32 on entry, so a model computing in
+bfloat16 (``model.dtype``) still gets float32 normalisations, softmaxes, temperature
+divisions and reductions, and a float32 loss.
+
 Every function takes embeddings in the global view (the whole global batch), so the
 negatives of a contrastive loss cover every device's examples whatever the device count.
 """
@@ -31,7 +35,7 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """timm SoftTargetCrossEntropy: ``mean_b sum_k -t_bk log_softmax(z_b)_k`` (float32);
     targets ``[B, K]`` are mixed / smoothed label distributions."""
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.mean(jnp.sum(-targets * log_p, axis=-1))
+    return jnp.mean(jnp.sum(-targets.astype(jnp.float32) * log_p, axis=-1))
 
 
 def info_nce(
@@ -171,8 +175,9 @@ def dino_cross_entropy(
     v, t = student.shape[0], teacher.shape[0]
     if v < t or v < 2:
         raise ValueError(f"DINO needs >= 2 student crops and >= the {t} teacher crops, got {v}")
-    log_ps = jax.nn.log_softmax(student.astype(jnp.float32) / student_temp, axis=-1)
-    p_t = jax.nn.softmax((teacher.astype(jnp.float32) - center) / teacher_temp, axis=-1)
+    student, teacher, center = (x.astype(jnp.float32) for x in (student, teacher, center))
+    log_ps = jax.nn.log_softmax(student / student_temp, axis=-1)
+    p_t = jax.nn.softmax((teacher - center) / teacher_temp, axis=-1)
     ce = -jnp.einsum("tbk,vbk->tv", p_t, log_ps) / student.shape[1]  # [T, V]
     valid = 1.0 - jnp.eye(t, v, dtype=jnp.float32)  # no pair of a crop with itself
     return jnp.sum(ce * valid) / jnp.sum(valid), p_t
@@ -200,7 +205,8 @@ def masked_patch_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax
     chex.assert_rank([pred, target, mask], [3, 3, 2])
     chex.assert_equal_shape([pred, target])
     chex.assert_equal_shape_prefix([pred, mask], 2)
-    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [B, N]
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    per_patch = jnp.mean(jnp.square(pred - target), axis=-1)  # [B, N]
     mask = mask.astype(jnp.float32)
     return jnp.sum(per_patch * mask) / jnp.sum(mask)
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from ssl_jax import methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
-from ssl_jax.data import pipeline
+from ssl_jax.data import device_augment, pipeline
 from ssl_jax.evaluate import collapse, reconstruct
 from ssl_jax.evaluate.runner import Evaluator
 from ssl_jax.preemption import Preempted, PreemptionWatcher
@@ -65,10 +65,20 @@ class Setup:
 
 
 def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
-    """The pure train step: loss, gradient, optimizer, method extras, metrics."""
+    """The pure train step: loss, gradient, optimizer, method extras, metrics.
+
+    With ``input.augment_on_device`` the step first colour-augments and normalises the
+    batch's uint8 crops (``device_augment.py``), keyed by the step's key and each example's
+    global row, so the result depends on neither the device count nor a resume.
+    """
+    on_device = device_augment.check_config(config.input)
 
     def update_fn(state: TrainState, batch: dict, base_key: jax.Array):
         rng = jax.random.fold_in(base_key, state.step)
+        if on_device:
+            batch = device_augment.augment_batch(
+                batch, device_augment.augment_key(rng), config.input
+            )
         grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state, batch, rng, model=model, config=config)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -124,8 +134,11 @@ def make_init_fn(method, model, tx, config) -> Callable[[jax.Array], TrainState]
     return init_fn
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
-    """Validates the config against the mesh and compiles init and update."""
+def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool = True) -> Setup:
+    """Validates the config against the mesh and compiles init and update.
+
+    ``donate_state=False`` keeps the input state alive (no buffer donation): only for
+    measuring donation's memory effect (experiments/benchmark.py --donate=false)."""
     parallel.check_global_batch(config.input.global_batch_size, mesh)
     method = methods.get_method(config.method)  # init_extra validates the method's sizes
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
@@ -147,7 +160,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Setup:
         make_update_fn(method, model, tx, lr_fn, config),
         in_shardings=(repl, data, repl),
         out_shardings=(repl, repl),
-        donate_argnums=0,
+        donate_argnums=0 if donate_state else (),
     )
     eval_variables = getattr(method, "eval_variables", None)
     classifier = getattr(method, "classifier_protocol", None)

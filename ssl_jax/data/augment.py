@@ -18,6 +18,9 @@ its probability does not change the randomness of the others.
    taps (SimCLR's ``height // 10``), reflect padding (torchvision) instead of SimCLR's zeros;
 6. solarize with ``solarize_p`` (x -> 1 - x where x >= 0.5, BYOL).
 
+With ``input.augment_on_device`` the host stops after step 2 and steps 3-6 (and the
+normalisation) run on the accelerator inside the train step (``device_augment.py``).
+
 A recipe (``recipes.py``) is only the augmentation. The output side is the ``image_size``
 argument; a view config's optional ``size`` key (0 or absent: ``input.image_size``) is
 resolved by ``views.py``, which is where multi-crop's global and local views are told apart.
@@ -186,15 +189,24 @@ def solarize(x: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
 
 
 def augment(
-    image: tf.Tensor, seed: tf.Tensor, cfg: Mapping[str, Any], image_size: int
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    cfg: Mapping[str, Any],
+    image_size: int,
+    *,
+    photometric: bool = True,
 ) -> tf.Tensor:
     """One augmented view: uint8 ``[H,W,3]`` -> float32 ``[S,S,3]`` in 0..1.
 
     ``seed`` is a ``[2]`` int tensor; the result is a pure function of (image, seed, cfg).
+    ``photometric=False`` stops after the crop and flip (steps 1-2, the same draws): the
+    rest runs in the train step (``device_augment.py``, ``input.augment_on_device``).
     """
     seeds = tf.random.experimental.stateless_split(seed, 9)  # one row per random decision
     x = random_resized_crop(image, seeds[0], image_size, cfg["crop_scale"], cfg["crop_ratio"])
     x = _maybe(seeds[1], cfg["flip_p"], lambda x: tf.reverse(x, axis=[1]), x)
+    if not photometric:
+        return tf.ensure_shape(x, [image_size, image_size, 3])
     jitter = lambda x: color_jitter(
         x, seeds[3], cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"]
     )

@@ -21,7 +21,8 @@ then folds in its index among the naturally sorted view names (``views.py``).
 Batches are ``{'views' [b,V,S,S,3], 'label'}``, or with multi-crop (DINO's global and local
 crops, told apart by each view's ``size``) ``{'global_views' [b,G,S,S,3], 'local_views'
 [b,L,s,s,3], 'label'}``; every leaf has the batch on its leading axis, as
-``parallel.to_global`` expects.
+``parallel.to_global`` expects. With ``input.augment_on_device`` the views are uint8 crops,
+not yet colour-augmented or normalised (``device_augment.py``).
 
 ``steps_per_epoch`` drops the remainder (``N // B``), the same on every process. Every process
 of a tfds source holds at least ``floor(N / P) >= steps * B / P`` examples, so all processes
@@ -41,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_jax.data import augment as aug
+from ssl_jax.data import device_augment
 from ssl_jax.data import views as views_lib
 from ssl_jax.data.sources import Source, hide_accelerators_from_tf, load_source
 
@@ -136,6 +138,8 @@ def _make_example_fn(input_cfg: Any, seed: int):
     """
     views_cfg = input_cfg.views
     views_lib.check_views_config(views_cfg, input_cfg.image_size)
+    # On device: crop and flip here, colours and normalisation in the step (uint8 views).
+    on_device = device_augment.check_config(input_cfg)
     augment_key = _seed_pair(seed, _AUGMENT_TAG)
 
     def example(image: tf.Tensor, label: tf.Tensor, g: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -147,6 +151,7 @@ def _make_example_fn(input_cfg: Any, seed: int):
             image_size=input_cfg.image_size,
             mean=input_cfg.mean,
             std=input_cfg.std,
+            photometric=not on_device,
         )
         return {**crops, "label": tf.cast(label, tf.int32)}
 
@@ -239,6 +244,9 @@ def pretrain_iterator(
     With multi-crop (views whose ``size`` differs from ``input.image_size``, see
     ``views.py``) the batch is ``{'global_views': f32 [b, G, S, S, 3], 'local_views': f32
     [b, L, s, s, 3], 'label': i32 [b]}`` instead.
+
+    With ``input.augment_on_device`` the view arrays are uint8 0..255, only cropped and
+    flipped (``device_augment.py`` does the rest inside the train step).
 
     Batch ``k`` of the iterator is global step ``start_step + k``; an iterator started at
     ``start_step=s`` yields bitwise the batches an uninterrupted one yields from step s on.

@@ -97,11 +97,17 @@ def view_seed(example_seed: tf.Tensor, view_index: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(example_seed, view_index)
 
 
-def _view(image, example_seed, views_cfg, names, name, *, image_size, mean, std) -> tf.Tensor:
+def _view(
+    image, example_seed, views_cfg, names, name, *, image_size, mean, std, photometric
+) -> tf.Tensor:
     cfg = views_cfg[name]
     # The seed index is the position among *all* views, not within the view's group.
     seed = view_seed(example_seed, names.index(name))
-    x = aug.augment(image, seed, cfg, view_size(cfg, image_size))
+    x = aug.augment(image, seed, cfg, view_size(cfg, image_size), photometric=photometric)
+    if not photometric:
+        # The colour ops and the normalisation run in the train step; uint8 is a quarter
+        # of float32's bytes on the host->device link.
+        return tf.cast(tf.round(x * 255.0), tf.uint8)  # [size, size, 3]
     return aug.normalize(x, mean, std)  # [size, size, 3]
 
 
@@ -136,12 +142,18 @@ def make_crops(
     image_size: int,
     mean,
     std,
+    photometric: bool = True,
 ) -> dict[str, tf.Tensor]:
     """uint8 ``[H,W,3]`` -> ``{'views': [V,S,S,3]}`` if all views have the input size, else
-    ``{'global_views': [G,S,S,3], 'local_views': [L,s,s,3]}`` (float32, normalised)."""
+    ``{'global_views': [G,S,S,3], 'local_views': [L,s,s,3]}`` (float32, normalised).
+
+    ``photometric=False`` (``input.augment_on_device``): each view is only cropped and
+    flipped, with the same seeds, and returned as uint8 0..255 (rounded) without
+    normalisation; ``device_augment.augment_batch`` does the rest in the train step.
+    """
     global_names, local_names = split_global_local(views_cfg, image_size)
     names = view_names(views_cfg)
-    kw = dict(image_size=image_size, mean=mean, std=std)
+    kw = dict(image_size=image_size, mean=mean, std=std, photometric=photometric)
 
     def stack(group: list[str]) -> tf.Tensor:
         return tf.stack([_view(image, example_seed, views_cfg, names, n, **kw) for n in group])

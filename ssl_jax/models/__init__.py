@@ -3,7 +3,9 @@
 ``resnet_tiny`` is our CPU variant for tests and smoke runs: the torchvision layout with
 one BasicBlock per stage and widths 16-32-64-128 (D=128; 307,536 parameters with the
 cifar stem). ViTs (``VITS``: vit_tiny/small/base/large) read ``model.vit``: patch_size,
-pos_embed, drop_path, frozen_patch_embed, pool (see ``ssl_jax/models/vit.py``).
+pos_embed, drop_path, frozen_patch_embed, pool, remat (see ``ssl_jax/models/vit.py``).
+``model.dtype`` is the compute dtype of every backbone and head ("float32" or
+"bfloat16"); parameters and BatchNorm statistics are float32 either way.
 """
 
 from __future__ import annotations
@@ -76,4 +78,5 @@ def _make_vit(model_cfg: Any, image_size: int) -> ViT:
         frozen_patch_embed=vit_cfg.frozen_patch_embed,
         pool=vit_cfg.pool,
         dtype=jnp.dtype(model_cfg.dtype),
+        remat=vit_cfg.get("remat", False),
     )

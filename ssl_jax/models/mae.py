@@ -125,6 +125,8 @@ class MAE(nn.Module):
       mask_ratio: r, the fraction of patches removed (0.75).
       mlp_ratio: the decoder blocks' MLP ratio (4 in the reference).
       dtype: the decoder's compute dtype (params float32; outputs float32).
+
+    The decoder blocks are rematerialised when ``backbone.remat`` is set.
     """
 
     backbone: vit_lib.ViT
@@ -152,8 +154,10 @@ class MAE(nn.Module):
         self.mask_token = self.param(
             "mask_token", mask_token_init, (1, self.decoder_width), jnp.float32
         )
+        # Rematerialised when the encoder's blocks are (model.vit.remat).
+        block = vit_lib.block_class(self.backbone.remat)
         self.decoder_blocks = [
-            vit_lib.Block(self.decoder_heads, self.mlp_ratio, 0.0, self.dtype)
+            block(self.decoder_heads, self.mlp_ratio, 0.0, self.dtype)
             for _ in range(self.decoder_depth)
         ]
         self.decoder_norm = vit_lib._layer_norm(self.dtype)

@@ -197,9 +197,11 @@ class Attention(nn.Module):
         qkv = _dense(3 * width, self.dtype, "qkv", qkv_kernel_init)(x)  # [B, T, 3D]
         # timm's reshape(B, N, 3, heads, D/heads): q, k, v blocks, then heads.
         q, k, v = einops.rearrange(qkv, "b t (three h e) -> three b h t e", three=3, h=self.heads)
-        logits = jnp.einsum("bhqe,bhke->bhqk", q, k) * (width // self.heads) ** -0.5
-        # softmax in float32 so bfloat16 compute keeps rows summing to 1.
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, h, T, T]
+        # Logits accumulate and stay in float32 under bfloat16 compute (a bfloat16 logit of
+        # magnitude ~30 is only known to +-0.06 before the softmax); the softmax is float32 too,
+        # so rows sum to 1. Float32 compute is unchanged.
+        logits = jnp.einsum("bhqe,bhke->bhqk", q, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits * (width // self.heads) ** -0.5, axis=-1)  # [B, h, T, T]
         out = jnp.einsum("bhqk,bhke->bhqe", probs.astype(self.dtype), v)
         out = einops.rearrange(out, "b h t e -> b t (h e)")  # [B, T, D]
         return _dense(width, self.dtype, "proj")(out), probs
@@ -239,6 +241,16 @@ class Block(nn.Module):
         return x + drop(y, train), probs
 
 
+def block_class(remat: bool) -> type[Block]:
+    """``Block``, or with ``remat`` its rematerialised version (``nn.remat``): only each
+    block's input is kept for the backward pass and the block's activations (qkv, the
+    ``[B, heads, T, T]`` attention, the 4D-wide MLP hidden layer) are recomputed, trading
+    about one more forward pass for activation memory that no longer grows with depth.
+    ``train`` (argument 2, ``self`` counted) is static: it selects Python branches.
+    Parameter names are unchanged: modules built in ``setup`` are named by attribute."""
+    return nn.remat(Block, static_argnums=(2,)) if remat else Block
+
+
 class ViT(nn.Module):
     """Vision Transformer returning float32 pooled features ``[B, width]``.
 
@@ -253,6 +265,8 @@ class ViT(nn.Module):
       pool: ``"cls"`` (class token after the final norm) or ``"gap"`` (final norm of the
         mean patch token, MAE's global pool).
       dtype: compute dtype; params are float32.
+      remat: rematerialise every block in the backward pass (``block_class``); same
+        values and gradients, less activation memory, more compute.
     """
 
     width: int
@@ -266,6 +280,7 @@ class ViT(nn.Module):
     frozen_patch_embed: bool = False
     pool: str = "cls"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         # Validate at construction so a bad config fails before any tracing.
@@ -298,7 +313,8 @@ class ViT(nn.Module):
             shape = (1 + num_patches, self.width)
             self.learned_pos_embed = self.param("pos_embed", pos_embed_init, shape, jnp.float32)
         rates = np.linspace(0.0, self.drop_path, self.depth)  # torch.linspace(0, r, depth)
-        self.blocks = [Block(self.heads, self.mlp_ratio, float(rate), self.dtype) for rate in rates]
+        block = block_class(self.remat)
+        self.blocks = [block(self.heads, self.mlp_ratio, float(rate), self.dtype) for rate in rates]
         self.norm = _layer_norm(self.dtype)
 
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
