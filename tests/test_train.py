@@ -111,12 +111,12 @@ def test_batch_not_divisible_by_devices_is_rejected():
         train.build(config, parallel.make_mesh())
 
 
-def test_moco_v1_and_simclr_smoke_presets_train(tmp_path):
-    for name in ("moco_v1", "simclr"):
-        config = load_config(name, evals__random_init_baseline=False)
-        report = train.pretrain(config, str(tmp_path / name))
-        assert report["steps"] == 4
-        assert 0.0 <= report["pretrained"]["knn_top1"] <= 100.0
+def test_moco_v1_smoke_preset_trains(tmp_path):
+    # SimCLR's smoke preset trains end to end in tests/test_multihost.py.
+    config = load_config("moco_v1", evals__random_init_baseline=False)
+    report = train.pretrain(config, str(tmp_path / "moco_v1"))
+    assert report["steps"] == 4
+    assert 0.0 <= report["pretrained"]["knn_top1"] <= 100.0
 
 
 @contextlib.contextmanager
