@@ -49,49 +49,6 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "CI mode: 1 warm-up step and 2 timed 
 _LABEL = flags.DEFINE_string("label", None, "Row name in tables (default: method/backbone).")
 
 
-def batch_spec(config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{key: (global shape, dtype)} of the pretraining batch of ``config``.
-
-    From ``input.views`` (views.py: ``views`` or ``global_views`` + ``local_views``, float32
-    after normalisation); with ``input.augment_on_device`` the host batch changes, so the
-    spec is read off one real batch instead.
-    """
-    from ssl_jax.data import views as views_lib
-
-    if config.input.get("augment_on_device", False):
-        from ssl_jax.data import pipeline
-
-        first = next(pipeline.pretrain_iterator(config.input, seed=config.seed))
-        return {k: (v.shape, v.dtype.name) for k, v in first.items()}
-    b, size = config.input.global_batch_size, config.input.image_size
-    global_names, local_names = views_lib.split_global_local(config.input.views, size)
-    spec = {"label": ((b,), "int32")}
-    if not local_names:
-        spec["views"] = ((b, len(global_names), size, size, 3), "float32")
-        return spec
-    small = views_lib.view_size(config.input.views[local_names[0]], size)
-    spec["global_views"] = ((b, len(global_names), size, size, 3), "float32")
-    spec["local_views"] = ((b, len(local_names), small, small, 3), "float32")
-    return spec
-
-
-def synthetic_batch(config: Any, seed: int = 0) -> dict[str, Any]:
-    """Host arrays of ``batch_spec``: N(0, 1) floats (normalised pixels), random uint8,
-    zero labels."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, (shape, dtype) in batch_spec(config).items():
-        if dtype.startswith("float"):
-            out[key] = rng.standard_normal(shape, np.float32).astype(dtype)
-        elif dtype == "uint8":
-            out[key] = rng.integers(0, 256, shape, np.uint8)
-        else:
-            out[key] = np.zeros(shape, dtype)
-    return out
-
-
 def _with_loadable_source(config: Any) -> tuple[Any, str | None]:
     """The config, or a copy whose ``input.dataset`` is a placeholder npz when the real one
     cannot be loaded here (synthetic input only needs the steps per epoch)."""
@@ -157,7 +114,7 @@ def run(
             batches = pipeline.pretrain_iterator(config.input, seed=config.seed)
             first = next(batches)
         else:
-            first = synthetic_batch(config, config.seed)
+            first = pipeline.synthetic_batch(config.input, config.seed)
         batch = parallel.to_global(first, mesh)
         start = time.perf_counter()
         compiled = setup.update.lower(state, batch, base_key).compile()

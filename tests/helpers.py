@@ -1,20 +1,17 @@
 """Shared test helpers: load a config file the way `--config=path:preset` does."""
 
-import importlib.util
 import os
 import subprocess
 import sys
+
+from ssl_jax import catalog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, preset: str = "smoke", **overrides):
     """configs/<name>.py:<preset>, unlocked overrides applied, then locked again."""
-    path = os.path.join(ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
+    config = catalog.load_config(name, preset, os.path.join(ROOT, "configs"))
     with config.unlocked():
         for dotted, value in overrides.items():
             *parents, leaf = dotted.split("__")

@@ -15,6 +15,8 @@ import sys
 import pytest
 from helpers import ROOT, load_config
 
+from ssl_jax.data import pipeline
+
 BENCH_DIR = os.path.join(ROOT, "experiments", "benchmarks")
 
 
@@ -69,9 +71,9 @@ def test_real_input_without_donation_reports_idle_fraction_and_more_memory(donat
 
 
 def test_synthetic_batch_has_the_pipeline_structure():
-    spec = benchmark.batch_spec(load_config("dino"))
+    spec = pipeline.batch_spec(load_config("dino").input)
     assert set(spec) == {"global_views", "local_views", "label"}
-    spec = benchmark.batch_spec(load_config("simclr"))
+    spec = pipeline.batch_spec(load_config("simclr").input)
     assert spec["views"] == ((16, 2, 16, 16, 3), "float32")
 
 

@@ -10,14 +10,17 @@ Every cell must run without error, and the notebook must display at least one PN
 """
 
 import os
+import sys
 import time
 
-import nbclient
 import nbformat
 import pytest
 from helpers import ROOT
 
 NOTEBOOK_DIR = os.path.join(ROOT, "experiments", "notebooks")
+sys.path.insert(0, NOTEBOOK_DIR)
+import render_screenshots  # noqa: E402  (runs a notebook with SMOKE injected)
+
 NOTEBOOKS = sorted(n for n in os.listdir(NOTEBOOK_DIR) if n.endswith(".ipynb"))
 COLAB = "https://colab.research.google.com/github/ssl-jax/ssl_jax/blob/main/experiments/notebooks/"
 
@@ -51,24 +54,13 @@ def test_notebook_committed_clean(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_smoke_mode(name):
-    nb = _read(name)
-    (at,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("SMOKE = True"))
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=300,
-        allow_errors=False,
-        resources={"metadata": {"path": ROOT}},
-    )
     start = time.time()
-    client.execute()  # raises CellExecutionError naming the cell on any error
+    nb = render_screenshots.execute(name.removesuffix(".ipynb"), smoke=True, timeout=300)
     print(f"{name}: {time.time() - start:.1f} s")
     pngs = [
-        out
+        png
         for cell in nb.cells
         if cell.cell_type == "code"
-        for out in cell.outputs
-        if out.output_type in ("display_data", "execute_result") and "image/png" in out.data
+        for png in render_screenshots.pngs(cell)
     ]
     assert pngs, f"{name} displayed no image"

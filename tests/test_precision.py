@@ -40,23 +40,6 @@ class Bf16Run(NamedTuple):
     warnings: list[str]
 
 
-def _synthetic_batch(config, key) -> dict:
-    """What the pipeline yields for ``config``: ``views``, or ``global_views`` and
-    ``local_views`` for multi-crop, plus labels."""
-    b, size = config.input.global_batch_size, config.input.image_size
-    sizes = [v.get("size", 0) or size for v in config.input.views.values()]
-    k1, k2, k3 = jax.random.split(key, 3)
-    labels = jax.random.randint(k3, (b,), 0, 10)
-    local = [s for s in sizes if s != size]
-    if not local:
-        return dict(views=jax.random.normal(k1, (b, len(sizes), size, size, 3)), label=labels)
-    return dict(
-        global_views=jax.random.normal(k1, (b, len(sizes) - len(local), size, size, 3)),
-        local_views=jax.random.normal(k2, (b, len(local), local[0], local[0], 3)),
-        label=labels,
-    )
-
-
 def _float32_loss(config, state, batch, rng) -> float:
     """The same loss_fn with the float32 model on the same params, batch and rng."""
     config = config.copy_and_resolve_references()
@@ -77,7 +60,7 @@ def bf16_run(request) -> Bf16Run:
     setup = train.build(config, mesh)
     init_key, base_key = train.keys(config)
     state = setup.init(init_key)
-    batch = _synthetic_batch(config, jax.random.key(7))
+    batch = pipeline.synthetic_batch(config.input, seed=7)
     with jax.set_mesh(mesh):
         loss_f32 = _float32_loss(config, state, batch, jax.random.fold_in(base_key, 0))
         first_state, values = state, []

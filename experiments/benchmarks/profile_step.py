@@ -38,6 +38,7 @@ def jax_op_times(config, steps: int) -> dict[str, float]:
     import jax
 
     from ssl_jax import parallel, train
+    from ssl_jax.data import pipeline
 
     config, _ = benchmark._with_loadable_source(config)
     mesh = parallel.make_mesh()
@@ -47,7 +48,7 @@ def jax_op_times(config, steps: int) -> dict[str, float]:
     trace_dir = tempfile.mkdtemp(prefix="ssl_jax_profile_")
     with jax.set_mesh(mesh):
         state = setup.init(init_key)
-        batch = parallel.to_global(benchmark.synthetic_batch(config), mesh)
+        batch = parallel.to_global(pipeline.synthetic_batch(config.input), mesh)
         compiled = setup.update.lower(state, batch, base_key).compile()
         state, _ = compiled(state, batch, base_key)
         jax.block_until_ready(state)

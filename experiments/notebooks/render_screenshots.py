@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 OUT_DIR = os.path.join(ROOT, "docs", "notebooks")
 
 
-def _pngs(cell: nbformat.NotebookNode) -> list[bytes]:
+def pngs(cell: nbformat.NotebookNode) -> list[bytes]:
+    """The PNG images a cell displayed."""
     return [
         base64.b64decode(out.data["image/png"])
         for out in cell.get("outputs", [])
@@ -39,15 +40,16 @@ def _pngs(cell: nbformat.NotebookNode) -> list[bytes]:
     ]
 
 
-def execute(name: str, smoke: bool) -> nbformat.NotebookNode:
-    """The notebook ``name`` (without .ipynb) executed with ``SMOKE = smoke``."""
+def execute(name: str, smoke: bool, timeout: int | None = None) -> nbformat.NotebookNode:
+    """The notebook ``name`` (without .ipynb) executed with ``SMOKE = smoke``; any cell's
+    error raises ``CellExecutionError`` naming the cell (``timeout``: seconds per cell)."""
     nb = nbformat.read(os.path.join(HERE, f"{name}.ipynb"), as_version=4)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1:
         raise ValueError(f"{name}.ipynb has {len(tagged)} cells tagged 'parameters', not 1.")
     nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(f"SMOKE = {smoke}"))
     client = nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=None, resources={"metadata": {"path": ROOT}}
+        nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": ROOT}}
     )
     client.execute()
     return nb
@@ -56,13 +58,13 @@ def execute(name: str, smoke: bool) -> nbformat.NotebookNode:
 def screenshot(nb: nbformat.NotebookNode, name: str) -> Image.Image:
     """The tagged cell's PNG outputs side by side (or the last PNG of the notebook)."""
     tagged = [c for c in nb.cells if "screenshot" in c.metadata.get("tags", [])]
-    pngs = [png for cell in tagged for png in _pngs(cell)]
-    if not pngs:
-        every = [png for cell in nb.cells if cell.cell_type == "code" for png in _pngs(cell)]
+    found = [png for cell in tagged for png in pngs(cell)]
+    if not found:
+        every = [png for cell in nb.cells if cell.cell_type == "code" for png in pngs(cell)]
         if not every:
             raise ValueError(f"{name}.ipynb displayed no PNG image.")
-        pngs = every[-1:]
-    images = [Image.open(io.BytesIO(png)).convert("RGB") for png in pngs]
+        found = every[-1:]
+    images = [Image.open(io.BytesIO(png)).convert("RGB") for png in found]
     height = max(im.height for im in images)
     canvas = Image.new("RGB", (sum(im.width for im in images), height), "white")
     x = 0

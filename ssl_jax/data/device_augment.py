@@ -193,8 +193,7 @@ def _maybe(key: jax.Array, p: float, fn, x: jax.Array) -> jax.Array:
 def photometric(x: jax.Array, key: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
     """One view of one example: float ``[S, S, 3]`` in 0..1 -> the same, colour-augmented."""
     keys = jax.random.split(key, 6)
-    ops = [name for name in JITTER_OPS if cfg[name] > 0]
-    if ops:
+    if any(cfg[name] > 0 for name in JITTER_OPS):
 
         def jitter(x):
             names, values, order = jitter_params(keys[_JITTER], cfg)

@@ -231,6 +231,39 @@ def _stream_pretrain(
         epoch, offset = epoch + 1, 0
 
 
+def batch_spec(input_cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (global shape, dtype)}`` of the batches ``pretrain_iterator`` yields, summed
+    over the processes: ``views`` or ``global_views`` + ``local_views`` (float32, or uint8
+    with ``input.augment_on_device``) and ``label``. For synthetic batches of the right
+    structure (benchmarks, tests) without reading any data."""
+    b, size = input_cfg.global_batch_size, input_cfg.image_size
+    dtype = "uint8" if device_augment.check_config(input_cfg) else "float32"
+    global_names, local_names = views_lib.split_global_local(input_cfg.views, size)
+    spec = {"label": ((b,), "int32")}
+    if not local_names:
+        spec["views"] = ((b, len(global_names), size, size, 3), dtype)
+        return spec
+    small = views_lib.view_size(input_cfg.views[local_names[0]], size)
+    spec["global_views"] = ((b, len(global_names), size, size, 3), dtype)
+    spec["local_views"] = ((b, len(local_names), small, small, 3), dtype)
+    return spec
+
+
+def synthetic_batch(input_cfg: Any, seed: int = 0) -> Batch:
+    """Host arrays of ``batch_spec``: N(0, 1) views (normalised pixels) or random uint8,
+    zero labels."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, (shape, dtype) in batch_spec(input_cfg).items():
+        if dtype == "float32":
+            out[key] = rng.standard_normal(shape, np.float32)
+        elif dtype == "uint8":
+            out[key] = rng.integers(0, 256, shape, np.uint8)
+        else:
+            out[key] = np.zeros(shape, dtype)
+    return out
+
+
 def pretrain_iterator(
     input_cfg: Any,
     *,
