@@ -72,7 +72,7 @@ def test_real_input_without_donation_reports_idle_fraction_and_more_memory(donat
 
 def test_synthetic_batch_has_the_pipeline_structure():
     spec = pipeline.batch_spec(load_config("dino").input)
-    assert set(spec) == {"global_views", "local_views", "label"}
+    assert set(spec) == {"global_views", "local_views", "label", "index"}
     spec = pipeline.batch_spec(load_config("simclr").input)
     assert spec["views"] == ((16, 2, 16, 16, 3), "float32")
 

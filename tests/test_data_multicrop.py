@@ -69,7 +69,7 @@ def dino(tmp_path_factory):
 def test_global_and_local_batch_shapes_and_dtypes(dino):
     _, batches = dino
     batch = batches[0]
-    assert sorted(batch) == ["global_views", "label", "local_views"]
+    assert sorted(batch) == ["global_views", "index", "label", "local_views"]
     assert batch["global_views"].shape == (8, 2, GLOBAL, GLOBAL, 3)
     assert batch["local_views"].shape == (8, 2, LOCAL, LOCAL, 3)
     assert batch["global_views"].dtype == batch["local_views"].dtype == np.float32
@@ -99,7 +99,7 @@ def test_adding_local_views_leaves_the_global_views_unchanged(dino):
     only_global = ml_collections.ConfigDict(cfg.to_dict())
     only_global.views = dict(_dino_views(0))
     batch = next(pipeline.pretrain_iterator(only_global, seed=5))
-    assert sorted(batch) == ["label", "views"]  # no local views: the plain layout
+    assert sorted(batch) == ["index", "label", "views"]  # no local views: the plain layout
     np.testing.assert_array_equal(batch["views"], full[0]["global_views"])
 
 

@@ -18,11 +18,14 @@ the global batch), folded into the seed, so it is a pure function of (seed, epoc
 and identical however many processes share the batch. Each view (crop) ``v`` of an example
 then folds in its index among the naturally sorted view names (``views.py``).
 
-Batches are ``{'views' [b,V,S,S,3], 'label'}``, or with multi-crop (DINO's global and local
-crops, told apart by each view's ``size``) ``{'global_views' [b,G,S,S,3], 'local_views'
-[b,L,s,s,3], 'label'}``; every leaf has the batch on its leading axis, as
-``parallel.to_global`` expects. With ``input.augment_on_device`` the views are uint8 crops,
-not yet colour-augmented or normalised (``device_augment.py``).
+Batches are ``{'views' [b,V,S,S,3], 'label' [b], 'index' [b]}``, or with multi-crop (DINO's
+global and local crops, told apart by each view's ``size``) ``{'global_views' [b,G,S,S,3],
+'local_views' [b,L,s,s,3], 'label', 'index'}``; every leaf has the batch on its leading axis,
+as ``parallel.to_global`` expects. ``index`` (int32) is the example's row in
+``input.train_split``, 0..N-1: the same image has the same index in every epoch, after a
+resume and for any process count (for tfds it comes from the tfds id, see ``sources.py``).
+With ``input.augment_on_device`` the views are uint8 crops, not yet colour-augmented or
+normalised (``device_augment.py``).
 
 ``steps_per_epoch`` drops the remainder (``N // B``), the same on every process. Every process
 of a tfds source holds at least ``floor(N / P) >= steps * B / P`` examples, so all processes
@@ -35,7 +38,7 @@ batch is zero-padded with ``mask=False`` and every process yields the same numbe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -125,8 +128,12 @@ def _options() -> tf.data.Options:
     return options
 
 
-def _finish(ds: tf.data.Dataset, local_batch: int, input_cfg: Any) -> Iterator[Batch]:
+def _finish(
+    ds: tf.data.Dataset, local_batch: int, input_cfg: Any, per_batch: Callable | None = None
+) -> Iterator[Batch]:
     ds = ds.batch(local_batch, drop_remainder=True)
+    if per_batch is not None:
+        ds = ds.map(per_batch)
     ds = ds.prefetch(input_cfg.get("prefetch", _AUTOTUNE))
     return ds.with_options(_options()).as_numpy_iterator()
 
@@ -192,7 +199,7 @@ def _random_access_pretrain(
 
     def load(index: tf.Tensor, g: tf.Tensor):
         ex = source.get(index)
-        return example(ex["image"], ex["label"], g)
+        return {**example(ex["image"], ex["label"], g), "index": tf.cast(index, tf.int32)}
 
     ds = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(step_rows).unbatch()
     return ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
@@ -211,11 +218,21 @@ def _stream_pretrain(
     local = local_batch_size(batch, process_count)
     row0 = process_index * local
     example = _make_example_fn(input_cfg, seed)
+
+    def number(b: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # The ids of a whole batch in one op each: per example, in the serial read stage,
+        # the string ops slowed the input visibly.
+        rest = {k: v for k, v in b.items() if k != "tfds_id"}
+        return {**rest, "index": source.rows(b["tfds_id"])}  # [local] int32
+
     epoch, offset = divmod(start_step, steps)
     while True:
         epoch_seed = _epoch_seed(seed, epoch)
         ds = source.stream(
-            shuffle_seed=epoch_seed, process_index=process_index, process_count=process_count
+            shuffle_seed=epoch_seed,
+            process_index=process_index,
+            process_count=process_count,
+            with_ids=True,
         )
         ds = ds.shuffle(input_cfg.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
         # Equal steps on every process; skip before decoding so a resume is cheap.
@@ -224,22 +241,23 @@ def _stream_pretrain(
 
         def load(j: tf.Tensor, ex: dict[str, tf.Tensor], first_step: int = first_step):
             g = (first_step + j // local) * batch + row0 + j % local
-            return example(source.decode(ex)["image"], ex["label"], g)
+            views = example(source.decode(ex)["image"], ex["label"], g)
+            return {**views, "tfds_id": ex["tfds_id"]}
 
         ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
-        yield from _finish(ds, local, input_cfg)
+        yield from _finish(ds, local, input_cfg, per_batch=number)
         epoch, offset = epoch + 1, 0
 
 
 def batch_spec(input_cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{key: (global shape, dtype)}`` of the batches ``pretrain_iterator`` yields, summed
     over the processes: ``views`` or ``global_views`` + ``local_views`` (float32, or uint8
-    with ``input.augment_on_device``) and ``label``. For synthetic batches of the right
-    structure (benchmarks, tests) without reading any data."""
+    with ``input.augment_on_device``), ``label`` and ``index``. For synthetic batches of the
+    right structure (benchmarks, tests) without reading any data."""
     b, size = input_cfg.global_batch_size, input_cfg.image_size
     dtype = "uint8" if device_augment.check_config(input_cfg) else "float32"
     global_names, local_names = views_lib.split_global_local(input_cfg.views, size)
-    spec = {"label": ((b,), "int32")}
+    spec = {"label": ((b,), "int32"), "index": ((b,), "int32")}
     if not local_names:
         spec["views"] = ((b, len(global_names), size, size, 3), dtype)
         return spec
@@ -251,11 +269,13 @@ def batch_spec(input_cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def synthetic_batch(input_cfg: Any, seed: int = 0) -> Batch:
     """Host arrays of ``batch_spec``: N(0, 1) views (normalised pixels) or random uint8,
-    zero labels."""
+    zero labels, indices ``0..B-1``."""
     rng = np.random.default_rng(seed)
     out = {}
     for key, (shape, dtype) in batch_spec(input_cfg).items():
-        if dtype == "float32":
+        if key == "index":
+            out[key] = np.arange(shape[0], dtype=dtype)
+        elif dtype == "float32":
             out[key] = rng.standard_normal(shape, np.float32)
         elif dtype == "uint8":
             out[key] = rng.integers(0, 256, shape, np.uint8)
@@ -272,11 +292,12 @@ def pretrain_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[Batch]:
-    """Yields ``{'views': f32 [b, V, S, S, 3], 'label': i32 [b]}`` forever, b = B // P.
+    """Yields ``{'views': f32 [b, V, S, S, 3], 'label': i32 [b], 'index': i32 [b]}`` forever,
+    b = B // P; ``index`` is each example's row in ``input.train_split`` (module doc).
 
     With multi-crop (views whose ``size`` differs from ``input.image_size``, see
     ``views.py``) the batch is ``{'global_views': f32 [b, G, S, S, 3], 'local_views': f32
-    [b, L, s, s, 3], 'label': i32 [b]}`` instead.
+    [b, L, s, s, 3], 'label': i32 [b], 'index': i32 [b]}`` instead.
 
     With ``input.augment_on_device`` the view arrays are uint8 0..255, only cropped and
     flipped (``device_augment.py`` does the rest inside the train step).
@@ -292,6 +313,8 @@ def pretrain_iterator(
     source = _source(input_cfg, input_cfg.train_split)
     local = local_batch_size(input_cfg.global_batch_size, process_count)
     if not source.random_access:
+        # A split tfds ids cannot number ('a+b') fails here, not at the first batch.
+        _ = source.row_layout
         return _stream_pretrain(
             source, input_cfg, seed, start_step, process_index, process_count, steps
         )
