@@ -28,7 +28,9 @@ def _byol():
     c.model.head.update(**mlp)
     c.model.predictor.update(**mlp)
     # LARS (eta 1e-3, momentum 0.9), biases and BN excluded from weight decay and trust
-    # ratio, lr 0.2 x bs/256, wd 1.5e-6, 10 warm-up epochs then cosine to 0.
+    # ratio, lr 0.2 x bs/256, wd 1.5e-6, 10 warm-up epochs then cosine to 0. The lr scales
+    # the momentum buffer (utils/optimizers.py lars ends in optax.scale(-lr), rebuilt with
+    # each step's lr by byol_experiment.py): mu = m mu + trust u; w -= lr mu.
     c.optim.update(
         name="lars",
         lr=0.2,
@@ -37,6 +39,7 @@ def _byol():
         weight_decay=1.5e-6,
         exclude_bias_and_norm=True,
         trust_coefficient=1e-3,
+        lars_lr_in_momentum=False,
     )
     c.schedule.update(epochs=1000.0, warmup_epochs=10.0, decay="cosine")
     return c
@@ -50,7 +53,8 @@ def _imagenet(epochs: int):
     lr, wd, tau = IMAGENET_PRESETS[epochs]
     c.optim.update(lr=lr, weight_decay=wd)
     c.byol.tau_base = tau
-    c.schedule.update(epochs=float(epochs))
+    # configs/byol.py: max_steps = num_epochs * N // B, warmup_steps = 10 * N // B.
+    c.schedule.update(epochs=float(epochs), step_count="per_example")
     return c
 
 
@@ -93,7 +97,8 @@ def digits():
     c.input.global_batch_size = 128
     c.model.head.update(hidden_dim=256, out_dim=64)
     c.model.predictor.update(hidden_dim=256, out_dim=64)
-    # The cifar10 preset's optimizer (kNN top-1 90.0; LARS lr 2.0: 86.7, tau_base 0.97: 90.3).
+    # The cifar10 preset's optimizer (kNN top-1 90.0; LARS lr 2.0: 86.7, tau_base 0.97: 90.3;
+    # measured with the lr inside LARS's momentum, lars_lr_in_momentum=True).
     c.byol.tau_base = 0.99
     c.optim.update(lr=1.0, weight_decay=1e-5, trust_coefficient=0.02)
     c.schedule.update(epochs=60.0, warmup_epochs=5.0)

@@ -42,7 +42,10 @@ def _dino():
         delayed_params=("last_layer",),
         delay_epochs=1.0,
     )
-    c.schedule.update(epochs=100.0, warmup_epochs=10.0, decay="cosine", final_lr=1e-6)
+    # utils.cosine_scheduler: np.linspace(0, peak, W) warm-up, at the peak on step W - 1.
+    c.schedule.update(
+        epochs=100.0, warmup_epochs=10.0, decay="cosine", final_lr=1e-6, warmup_end_inclusive=True
+    )
     return c
 
 
@@ -123,6 +126,7 @@ def cifar10_resnet18():
     )
     c.model.head.out_dim = 4096
     c.dino.update(momentum_teacher=0.9995, teacher_temp=0.07, warmup_teacher_temp_epochs=0)
+    # solo/utils/lars.py is PyTorch SGD with LARS-scaled gradients: lr after the momentum.
     c.optim.update(
         name="lars",
         lr=0.3,
@@ -130,6 +134,7 @@ def cifar10_resnet18():
         weight_decay_end=None,
         trust_coefficient=0.02,
         clip_grad_per_param=0.0,
+        lars_lr_in_momentum=False,
     )
     c.input.global_batch_size = 256
     c.schedule.update(epochs=1000.0, warmup_epochs=10.0, final_lr=0.0)

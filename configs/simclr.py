@@ -29,7 +29,10 @@ def _simclr():
         exclude_bias_and_norm=True,
         trust_coefficient=1e-3,
     )
-    c.schedule.update(epochs=100.0, warmup_epochs=10.0, decay="cosine")
+    # tf2/model.py: N * epochs // B + 1 steps, floor(warmup_epochs * N / B) of warm-up.
+    c.schedule.update(
+        epochs=100.0, warmup_epochs=10.0, decay="cosine", step_count="per_example_plus_one"
+    )
     return c
 
 

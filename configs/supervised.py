@@ -74,6 +74,7 @@ def _linear(c):
         weight_decay=0.0,
         trust_coefficient=1e-3,
         exclude_bias_and_norm=True,
+        lars_lr_in_momentum=False,  # util/lars.py (MoCo v3's): p -= lr * mu
         frozen_params=("^backbone/",),
     )
     c.schedule.update(epochs=90.0, warmup_epochs=10.0, decay="cosine", final_lr=0.0)

@@ -2,16 +2,37 @@
 
 - 'sgd' is PyTorch's ``torch.optim.SGD`` with coupled weight decay (MoCo v1/v2):
   ``b = m * b + (g + wd * w); w -= lr * b`` (nesterov: ``w -= lr * (g + wd * w + m * b)``).
-- 'lars' is SimCLR's ``LARSOptimizer`` (google-research/simclr lars_optimizer.py, classic
-  momentum): ``g += wd * w``; ``trust = eta * ||w|| / ||g||`` if both norms are > 0 else 1;
-  ``v = m * v + lr * trust * g; w -= v``. ``optax.lars`` is exactly this chain (weight
-  decay, trust ratio, learning rate, then momentum, so the lr sits inside the momentum
-  buffer as in SimCLR); tests/test_optim.py checks it against a NumPy transcription.
+- 'lars' has two forms, chosen by ``lars_lr_in_momentum``. Both first take
+  ``u = g + wd * w`` and ``trust = eta * ||w|| / ||u||`` if both norms are > 0 else 1
+  (eps 0), then:
+
+  - ``lars_lr_in_momentum=True`` (default), SimCLR's ``LARSOptimizer`` with classic momentum
+    (google-research/simclr tf2/lars_optimizer.py): ``v = m * v + lr_t * trust * u;
+    w -= v``. ``optax.lars`` is exactly this chain (weight decay, trust ratio, learning
+    rate, then momentum, so the lr sits inside the momentum buffer);
+  - ``lars_lr_in_momentum=False``, BYOL's and MoCo v3's form (deepmind-research
+    byol/utils/optimizers.py, whose optax chain byol_experiment.py rebuilds each step with
+    that step's lr; facebookresearch/moco-v3 moco/optimizer.py; MAE's util/lars.py is the
+    same file): ``mu = m * mu + trust * u; w -= lr_t * mu``, our chain of the same optax
+    transforms with the learning rate moved after the momentum.
+
+  Unrolled, ``v_t = sum_s m^(t-s) lr_s trust_s u_s`` against ``lr_t mu_t = lr_t sum_s
+  m^(t-s) trust_s u_s``: the same step while the lr has been constant since step 0. During
+  a linear warm-up (``lr_s`` proportional to s) and for a slowly varying ``trust * u`` the
+  first form's step is smaller by a fraction of about ``m / ((1 - m) t)`` at step t (9 / t
+  at m = 0.9), and after the warm-up the gap it left decays as ``m^(t - W)``. ``nesterov``
+  is SimCLR's ``use_nesterov`` in the first form (``w -= m * v + lr_t * trust * u``) and
+  PyTorch SGD's in the second (``w -= lr_t * (m * mu + trust * u)``; neither BYOL nor
+  MoCo v3 has one). tests/test_optim.py checks both forms against NumPy transcriptions.
 - 'adamw' is ``optax.adamw`` (decoupled decay ``w -= lr * wd * w`` as in PyTorch AdamW).
 
-With ``exclude_bias_and_norm`` the leaves masked out by ``decay_mask`` get no weight decay
-and, for LARS, no trust-ratio adaptation (SimCLR excludes 'batch_normalization' and
-'bias' from both).
+With ``exclude_bias_and_norm`` the leaves masked out by ``decay_mask`` (every leaf of rank
+<= 1) get no weight decay and, for LARS, no trust-ratio adaptation. This is each
+reference's rule on its own networks: SimCLR excludes names containing
+'batch_normalization' or 'bias' from both, BYOL (``exclude_bias_and_norm``) the haiku
+parameters named 'b' and those of modules whose name contains 'norm', MoCo v3 and MAE
+every parameter with ``p.ndim <= 1``; in their ResNets and MLPs those are exactly the
+biases and the BatchNorm scales and offsets.
 
 Per-parameter rules, each a tuple of regexes searched in the "/"-joined parameter path
 (e.g. ``predictor/dense0/kernel``), the first matching rule winning in this order:
@@ -238,15 +259,34 @@ def _base_optimizer(
             optax.scale_by_learning_rate(lr),
         )
     if name == "lars":
-        return optax.lars(
-            lr,
-            weight_decay=wd,
-            weight_decay_mask=mask,
-            trust_coefficient=optim_cfg.trust_coefficient,
-            eps=0.0,
-            trust_ratio_mask=trust_mask,
-            momentum=optim_cfg.momentum,
-            nesterov=optim_cfg.nesterov,
+        lr_in_momentum = optim_cfg.get("lars_lr_in_momentum", True)
+        if not isinstance(lr_in_momentum, bool):
+            raise ValueError(
+                f"optim.lars_lr_in_momentum={lr_in_momentum!r} must be True (SimCLR: "
+                "v = m v + lr trust u; w -= v) or False (BYOL, MoCo v3: mu = m mu + trust u; "
+                "w -= lr mu)."
+            )
+        if lr_in_momentum:
+            return optax.lars(
+                lr,
+                weight_decay=wd,
+                weight_decay_mask=mask,
+                trust_coefficient=optim_cfg.trust_coefficient,
+                eps=0.0,
+                trust_ratio_mask=trust_mask,
+                momentum=optim_cfg.momentum,
+                nesterov=optim_cfg.nesterov,
+            )
+        # optax.lars's transforms with the lr after the momentum: the buffer holds the
+        # trust-scaled updates alone, and each step's lr scales the whole buffer.
+        return optax.chain(
+            optax.add_decayed_weights(wd, mask=mask),
+            optax.masked(
+                optax.scale_by_trust_ratio(trust_coefficient=optim_cfg.trust_coefficient, eps=0.0),
+                trust_mask,
+            ),
+            optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.nesterov),
+            optax.scale_by_learning_rate(lr),
         )
     if name == "adamw":
         return optax.adamw(

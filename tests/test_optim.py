@@ -1,4 +1,5 @@
-"""Optimizers against NumPy transcriptions of PyTorch SGD and SimCLR's LARS."""
+"""Optimizers against NumPy transcriptions of PyTorch SGD, SimCLR's LARS and BYOL's /
+MoCo v3's LARS."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from ssl_jax import catalog
 from ssl_jax.optim import (
     decay_mask,
     layer_decay_scales,
@@ -50,31 +52,32 @@ def toy_params():
     }
 
 
-def toy_grads(step):
+def toy_grads(step, params_fn=toy_params):
     rng = np.random.default_rng(step + 1)
-    return jax.tree.map(lambda p: rng.normal(size=p.shape), toy_params())
+    return jax.tree.map(lambda p: rng.normal(size=p.shape), params_fn())
 
 
-def run_optax(cfg, steps=4):
-    schedule = lambda count: jnp.asarray(LRS)[count]
+def run_optax(cfg, steps=4, lrs=LRS, params_fn=toy_params):
+    schedule = lambda count: jnp.asarray(lrs)[count]
     opt = make_optimizer(cfg, schedule)
-    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), toy_params())
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params_fn())
     state = opt.init(params)
     for step in range(steps):
-        grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), toy_grads(step))
+        grads = toy_grads(step, params_fn)
+        grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     return params
 
 
-def run_numpy(step_fn, cfg, steps=4):
-    params = toy_params()
+def run_numpy(step_fn, cfg, steps=4, lrs=LRS, params_fn=toy_params):
+    params = params_fn()
     mask = decay_mask(params)
     buf = jax.tree.map(np.zeros_like, params)
     for step in range(steps):
-        grads = toy_grads(step)
+        grads = toy_grads(step, params_fn)
         out = jax.tree.map(
-            lambda w, g, b, decay, lr=LRS[step]: step_fn(w, g, b, decay, lr, cfg),
+            lambda w, g, b, decay, lr=lrs[step]: step_fn(w, g, b, decay, lr, cfg),
             params,
             grads,
             buf,
@@ -108,6 +111,21 @@ def simclr_lars_step(w, g, v, decay, lr, cfg):
     return w - update, v
 
 
+def moco_v3_lars_step(w, g, mu, decay, lr, cfg):
+    """facebookresearch/moco-v3 moco/optimizer.py LARS (``if p.ndim > 1``: weight decay and
+    trust ratio; ``mu = m mu + dp; p -= lr mu``), which is also BYOL's utils/optimizers.py
+    lars rebuilt each step with that step's lr (its exclude_bias_and_norm filter picks the
+    same leaves here). Nesterov, which neither has, as PyTorch SGD's."""
+    if decay or not cfg.exclude_bias_and_norm:
+        g = g + cfg.weight_decay * w
+        w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+        if w_norm > 0 and g_norm > 0:
+            g = g * (cfg.trust_coefficient * w_norm / g_norm)
+    mu = cfg.momentum * mu + g
+    step = g + cfg.momentum * mu if cfg.nesterov else mu
+    return w - lr * step, mu
+
+
 def assert_trees_close(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6), a, b)
 
@@ -126,6 +144,126 @@ def test_lars_matches_simclr(nesterov, exclude):
         "lars", nesterov=nesterov, exclude_bias_and_norm=exclude, trust_coefficient=0.5
     )
     assert_trees_close(run_optax(cfg), run_numpy(simclr_lars_step, cfg))
+
+
+# A linear warm-up to 0.4 over 4 steps (0 at step 0, as ours), then constant.
+WARMUP_LRS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4)
+
+
+def params_with_zero_kernel():
+    """toy_params plus a zero 2-D kernel (a zero-initialised last layer): ||w|| = 0, so its
+    trust ratio is 1, and with lr 0 at step 0 it is still 0 at step 1."""
+    return {**toy_params(), "head": {"kernel": np.zeros((4, 2))}}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("exclude", [False, True])
+@pytest.mark.parametrize(
+    "lr_in_momentum, reference",
+    [(True, simclr_lars_step), (False, moco_v3_lars_step)],
+    ids=["simclr", "byol_moco_v3"],
+)
+def test_lars_forms_match_their_references_through_a_warmup(
+    lr_in_momentum, reference, exclude, nesterov
+):
+    cfg = optim_config(
+        "lars",
+        nesterov=nesterov,
+        exclude_bias_and_norm=exclude,
+        weight_decay=0.05,
+        trust_coefficient=0.5,
+        lars_lr_in_momentum=lr_in_momentum,
+    )
+    run = dict(steps=len(WARMUP_LRS), lrs=WARMUP_LRS, params_fn=params_with_zero_kernel)
+    ours = run_optax(cfg, **run)
+    assert_trees_close(ours, run_numpy(reference, cfg, **run))
+    # The zero kernel moved (trust 1, not 0 / 0), and the default form is the first one.
+    assert np.all(np.asarray(ours["head"]["kernel"]) != 0.0)
+    if lr_in_momentum:
+        del cfg.lars_lr_in_momentum
+        assert_trees_close(run_optax(cfg, **run), ours)
+
+
+def fixed_point_updates(lr_in_momentum, lrs, momentum=0.9):
+    """The LARS updates of len(lrs) steps at fixed params and gradient (so the trust-scaled
+    decayed gradient u is the same at every step): the momentum buffers alone differ."""
+    cfg = optim_config(
+        "lars", momentum=momentum, trust_coefficient=0.5, lars_lr_in_momentum=lr_in_momentum
+    )
+    opt = make_optimizer(cfg, lambda count: jnp.asarray(lrs, jnp.float32)[count])
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), toy_params())
+    grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), toy_grads(0))
+    update = jax.jit(opt.update)
+    state, out = opt.init(params), []
+    for _ in lrs:
+        u, state = update(grads, state, params)
+        out.append(np.asarray(u["dense"]["kernel"], np.float64))
+    return np.stack(out)
+
+
+def test_lars_forms_agree_at_constant_lr_and_differ_in_the_warmup():
+    """With u fixed, inside_t = -u sum_s m^(t-s) lr_s and outside_t = -u lr_t sum_s m^(t-s):
+    equal while the lr has been constant since step 0; in a linear warm-up (lr_s = c s / W)
+    inside / outside = 1 - (sum_k k m^k) / (t sum_k m^k) -> 1 - 9 / t at m = 0.9; after it,
+    the gap shrinks by m per step."""
+    m, steps = 0.9, 110
+    constant = [0.3] * 8
+    np.testing.assert_allclose(
+        fixed_point_updates(True, constant), fixed_point_updates(False, constant), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        run_optax(optim_config("lars", trust_coefficient=0.5), 6, constant)["dense"]["kernel"],
+        run_optax(
+            optim_config("lars", trust_coefficient=0.5, lars_lr_in_momentum=False), 6, constant
+        )["dense"]["kernel"],
+        rtol=1e-6,
+    )
+
+    warmup = 100
+    lrs = [0.3 * min(t / warmup, 1.0) for t in range(steps)]
+    inside, outside = fixed_point_updates(True, lrs), fixed_point_updates(False, lrs)
+    # The same direction u at every step, so each update is a multiple of the first
+    # non-zero outside one; compare those multiples with the unrolled sums.
+    u = outside[0] / lrs[0] if lrs[0] else outside[1] / (lrs[1] * (1 + m))
+    decays = [m ** np.arange(t + 1)[::-1] for t in range(steps)]
+    expected_in = np.array([np.dot(d, lrs[: t + 1]) for t, d in enumerate(decays)])
+    expected_out = np.array([lrs[t] * d.sum() for t, d in enumerate(decays)])
+    np.testing.assert_allclose(inside, expected_in[:, None, None] * u, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(outside, expected_out[:, None, None] * u, rtol=1e-4, atol=1e-9)
+    ratio = expected_in[1:warmup] / expected_out[1:warmup]
+    assert np.all(ratio < 1.0)  # the inside form's warm-up steps are smaller
+    # t (1 - ratio) = sum_k k m^k / sum_k m^k, which tends to m / (1 - m) = 9 once m^t ~ 0.
+    t = np.arange(1, warmup)
+    np.testing.assert_allclose((t * (1.0 - ratio))[-20:], m / (1 - m), rtol=1e-2)
+    gap = expected_out[warmup:] - expected_in[warmup:]
+    np.testing.assert_allclose(gap[1:] / gap[:-1], m, rtol=1e-9)
+    k = np.abs(u).argmax()
+    gap_ours = (inside - outside).reshape(steps, -1)[warmup:, k]
+    np.testing.assert_allclose(gap_ours[1:6] / gap_ours[:5], m, rtol=1e-3)
+
+
+def test_lars_lr_in_momentum_must_be_a_bool():
+    with pytest.raises(ValueError, match="lars_lr_in_momentum"):
+        make_optimizer(optim_config("lars", lars_lr_in_momentum="outside"), 0.1)
+
+
+def lars_presets(names):
+    for name in names:
+        module = catalog.config_module(name)
+        for preset in module.PRESETS:
+            config = module.get_config(preset)
+            if config.optim.name == "lars":
+                yield f"{name}:{preset}", config
+
+
+def test_byol_moco_v3_and_solo_learn_lars_presets_apply_the_lr_after_the_momentum():
+    # byol: all 6 presets; moco_v3: the 4 ResNet ones; dino: cifar10_resnet18 (solo-learn's
+    # LARS, PyTorch SGD with LARS-scaled gradients).
+    found = dict(lars_presets(["byol", "moco_v3", "dino"]))
+    assert len(found) >= 11
+    assert {k for k, c in found.items() if c.optim.lars_lr_in_momentum} == set()
+    simclr = dict(lars_presets(["simclr"]))
+    assert simclr and all(c.optim.lars_lr_in_momentum for c in simclr.values())
 
 
 def test_lars_excluded_leaf_is_plain_momentum_sgd():
