@@ -1,5 +1,7 @@
-"""Shared test helpers: load a config file the way `--config=path:preset` does."""
+"""Shared test helpers: load a config file the way `--config=path:preset` does, find each
+registered method's config, start `ssl-jax`."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -22,15 +24,34 @@ def load_config(name: str, preset: str = "smoke", **overrides):
     return config
 
 
-def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True):
+@functools.cache
+def configs_by_method() -> dict[str, tuple[str, ...]]:
+    """``{method: config file names whose smoke preset trains it}`` from every file in
+    configs/, so a method added to ``methods.METHODS`` with a config is covered by the
+    parameterised tests without editing a list."""
+    found: dict[str, list[str]] = {}
+    for file in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if file.endswith(".py") and not file.startswith("_"):
+            found.setdefault(load_config(file[:-3]).method, []).append(file[:-3])
+    return {method: tuple(names) for method, names in found.items()}
+
+
+def smoke_config(method: str, **overrides):
+    """The smoke preset of the method's newest config file (moco: moco_v2, not moco_v1)."""
+    names = configs_by_method().get(method)
+    assert names, f"method {method!r} has no configs/<name>.py whose smoke preset trains it"
+    return load_config(max(names), **overrides)
+
+
+def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True, fast_compile: bool = True):
     """Starts ``python -m ssl_jax.main *args`` with ``devices`` fake CPU devices; its
-    stderr goes to its stdout unless ``merge_stderr=False``."""
+    stderr goes to its stdout unless ``merge_stderr=False``. ``fast_compile=False`` drops
+    conftest's LLVM optimisation level 0: the code users run."""
     # This process's XLA flags (conftest's), with the device count replaced.
-    flags = [
-        f
-        for f in os.environ.get("XLA_FLAGS", "").split()
-        if not f.startswith("--xla_force_host_platform_device_count")
-    ]
+    dropped = ("--xla_force_host_platform_device_count",)
+    if not fast_compile:
+        dropped += ("--xla_backend_optimization_level",)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(dropped)]
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         [sys.executable, "-m", "ssl_jax.main", *args],
