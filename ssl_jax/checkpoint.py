@@ -173,6 +173,11 @@ _RESUMABLE_CHANGES = (
 )
 
 
+# Keys among those that shape the train state nonetheless, with the value that runs saved
+# before the key existed had: the online probe adds `probe` to the state.
+_STATE_KEYS = {"evals.online_linear": False}
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out = {}
@@ -202,11 +207,12 @@ def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> N
         # A key added to the configs after the run was saved is compatible at the value
         # that keeps the old behaviour, its base default (e.g. input.augment_on_device).
         defaults = _flatten(json.loads(config_base.base_config().to_json_best_effort()))
+        old = {**_STATE_KEYS, **old}
         changed = sorted(
             k
             for k in set(old) | set(new)
             if old.get(k) != new.get(k)
-            and not k.startswith(_RESUMABLE_CHANGES)
+            and (k in _STATE_KEYS or not k.startswith(_RESUMABLE_CHANGES))
             and not (k not in old and k in defaults and new.get(k) == defaults[k])
         )
         if changed:

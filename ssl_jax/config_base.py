@@ -75,6 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=1e-4,
         exclude_bias_and_norm=False,
         trust_coefficient=1e-3,
+        # Where LARS applies the lr (see ssl_jax/optim.py): True, SimCLR's
+        # v = m v + lr trust u; w -= v; False, BYOL's and MoCo v3's mu = m mu + trust u;
+        # w -= lr mu (they differ while the lr changes, e.g. in the warm-up). With
+        # exclude_bias_and_norm our mask (rank <= 1) skips weight decay and the trust ratio
+        # on biases and norm params, as MoCo v3's `if p.ndim > 1` and BYOL's
+        # exclude_bias_and_norm (names 'b' and '*norm*') both do.
+        lars_lr_in_momentum=True,
         b1=0.9,
         b2=0.999,
         eps=1e-8,
@@ -94,6 +101,14 @@ def base_config() -> ml_collections.ConfigDict:
         milestones=(120, 160),
         total_steps=0,
         final_lr=0.0,  # the cosine ends here (DINO's min_lr 1e-6)
+        # False: lr = peak * t / W for t < W (peak first reached at step W, MoCo v3, BYOL,
+        # SimCLR); True: DINO's np.linspace(0, peak, W), peak * t / (W - 1), at step W - 1.
+        warmup_end_inclusive=False,
+        # How epochs become steps (see ssl_jax/schedules.py), N examples, batch B:
+        # "per_epoch", total = round(epochs * (N // B)); "per_example", BYOL's total =
+        # N * epochs // B; "per_example_plus_one", SimCLR's N * epochs // B + 1 (tf2/model.py
+        # get_train_steps); both per-example rules warm up for floor(warmup_epochs * N / B).
+        step_count="per_epoch",
     )
     c.evals = dict(
         knn_every_steps=0,  # 0: only at the end of training
@@ -106,6 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=512,
         random_init_baseline=True,
         at_end=True,  # False: no final kNN / linear-probe report (quick checks, unlabelled data)
+        # A linear classifier on stop-gradient features, trained alongside pretraining
+        # (evaluate/online.py); skipped when input.train_split has no labels.
+        online_linear=True,
+        online_linear_lr=0.1,  # solo-learn's classifier_lr; SGD, momentum 0.9, cosine
     )
     c.ckpt = dict(every_steps=1000, keep=3, async_save=True)
     c.log_every_steps = 50

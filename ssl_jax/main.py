@@ -113,8 +113,10 @@ def _main(argv: list[str]) -> None:
 
             print(f"Wrote {export.export_backbone(workdir, _OUT.value)}")
         else:
+            from ssl_jax.evaluate import reconstruct
+
             config = config or _config_from_workdir(workdir)
-            train.reconstruct_workdir(
+            reconstruct.reconstruct_workdir(
                 config, workdir, num_images=_NUM_IMAGES.value, split=_SPLIT.value
             )
     except Preempted as e:

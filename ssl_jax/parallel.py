@@ -2,7 +2,7 @@
 
 The whole project uses one 1-D mesh ``('data',)`` over every device of every process.
 The train state is replicated (``P()``) and every batch leaf is sharded on its leading
-axis (``P('data')``); method code is written in the global view (DESIGN.md).
+axis (``P('data')``); method code is written in the global view (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every method keeps its encoder under ``params['backbone']`` (and BatchNorm statistics under
 ``batch_stats['backbone']``), so the encoder of any run can be read from its latest
-checkpoint. The source run's ``config.json`` names its method; for DINO the teacher is
-loaded (``extra/target_params/backbone``), the network its paper evaluates and
+checkpoint. The source run's ``config.json`` names its method, whose ``ENCODER``
+(``methods/__init__.py``) says where the evaluated encoder lives: for DINO the teacher
+(``extra/target_params/backbone``), the network its paper evaluates and
 facebookresearch/dino eval_linear.py loads by default (``--checkpoint_key teacher``); for
 every other method the trained encoder itself.
 
@@ -27,13 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from ssl_jax import paths
+from ssl_jax import methods, paths
 from ssl_jax.checkpoint import CONFIG_FILE, saved_config
 from ssl_jax.models.vit import interpolate_pos_embed
 
-# Methods whose evaluated encoder is not ``params``: method -> (params, batch_stats) paths.
-TEACHER_ENCODERS = {"dino": ("extra/target_params", "extra/target_batch_stats")}
-_DEFAULT_ENCODER = ("params", "batch_stats")
 _MAX_LISTED = 5
 
 
@@ -85,36 +83,29 @@ def _nest(dotted: str, value: Any) -> dict:
     return value
 
 
-def load_encoder(workdir: str) -> tuple[dict, dict, dict]:
-    """``(params, batch_stats, info)`` of the source run's encoder (NumPy trees; the
-    statistics ``{}`` for a ViT); ``info`` names the method, step and paths read."""
-    config = source_config(workdir)
-    method = config.get("method", "")
-    path, step = latest_checkpoint(workdir)
-    params_at, stats_at = TEACHER_ENCODERS.get(method, _DEFAULT_ENCODER)
+def read_subtrees(path: str, required: list[str], optional: list[str] = ()) -> dict[str, Any]:
+    """The sub-trees at the "/"-joined paths (``params``, ``extra/target_params/backbone``)
+    of the train state saved at ``path``, as NumPy trees by path; an ``optional`` path the
+    checkpoint lacks (or holds empty, as a ViT's statistics) maps to ``{}``.
+
+    Read-only and template-free: only these sub-trees are restored, onto one local device
+    (the source run's mesh and optimizer state are irrelevant; the caller places them)."""
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)
     # orbax returns StepMetadata (item_metadata: the tree metadata) or the tree metadata.
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
-    where = f"the checkpoint {path} (method {method!r})"
-    try:
-        params_meta = _subtree(tree, f"{params_at}/backbone", where)
-    except KeyError as e:
-        raise KeyError(
-            f"{e.args[0]}: ssl_jax keeps every method's encoder under 'backbone'; this "
-            "checkpoint was not written by a method that has one."
-        ) from None
-    try:
-        stats_meta = _subtree(tree, f"{stats_at}/backbone", where)
-    except KeyError:
-        stats_meta = {}  # ViTs have no BatchNorm statistics
-    wanted = {}
-    for at, meta in ((params_at, params_meta), (stats_at, stats_meta)):
-        if jax.tree.leaves(meta):
-            wanted = _merge(wanted, _nest(f"{at}/backbone", meta))
-    # One local device and no template: the source run's mesh and train state are
-    # irrelevant; the caller places the arrays.
+    found, wanted = {}, {}
+    for dotted in [*required, *optional]:
+        try:
+            meta = _subtree(tree, dotted, f"the checkpoint {path}")
+        except KeyError:
+            if dotted in required:
+                raise
+            meta = {}
+        found[dotted] = bool(jax.tree.leaves(meta))
+        if found[dotted]:
+            wanted = _merge(wanted, _nest(dotted, meta))
     sharding = SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), wanted)
@@ -122,18 +113,36 @@ def load_encoder(workdir: str) -> tuple[dict, dict, dict]:
         path,
         args=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True),
     )
-    to_numpy = lambda t: jax.tree.map(np.asarray, t)
-    params = to_numpy(_subtree(restored, f"{params_at}/backbone", where))
-    stats = to_numpy(_subtree(restored, f"{stats_at}/backbone", where)) if stats_meta else {}
+    return {
+        dotted: jax.tree.map(np.asarray, _subtree(restored, dotted, path)) if has else {}
+        for dotted, has in found.items()
+    }
+
+
+def load_encoder(workdir: str) -> tuple[dict, dict, dict]:
+    """``(params, batch_stats, info)`` of the source run's encoder (NumPy trees; the
+    statistics ``{}`` for a ViT); ``info`` names the method, step and paths read."""
+    config = source_config(workdir)
+    method = config.get("method", "")
+    path, step = latest_checkpoint(workdir)
+    encoder = methods.get_method(method).ENCODER
+    params_at, stats_at = f"{encoder.params}/backbone", f"{encoder.batch_stats}/backbone"
+    try:
+        trees = read_subtrees(path, [params_at], [stats_at])
+    except KeyError as e:
+        raise KeyError(
+            f"{e.args[0]} (method {method!r}): ssl_jax keeps every method's encoder under "
+            "'backbone'; this checkpoint was not written by a method that has one."
+        ) from None
     info = dict(
         workdir=workdir,
         method=method,
         step=step,
-        params=f"{params_at}/backbone",
-        batch_stats=f"{stats_at}/backbone",
+        params=params_at,
+        batch_stats=stats_at,
         backbone=config.get("model", {}).get("backbone"),
     )
-    return params, stats, info
+    return trees[params_at], trees[stats_at], info
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -19,6 +19,8 @@ class TrainState:
       opt_state: the optax state.
       extra: owned by the method: EMA target params/batch_stats, MoCo queue and pointer,
         DINO center, ... ({} when the method keeps nothing).
+      probe: the online linear probe's ``params`` and ``opt_state`` (``evaluate/online.py``),
+        ``{}`` when there is none.
     """
 
     step: jax.Array
@@ -26,3 +28,4 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     extra: Any
+    probe: Any = flax.struct.field(default_factory=dict)

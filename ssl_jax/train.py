@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from ssl_jax import methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import device_augment, pipeline
-from ssl_jax.evaluate import collapse, reconstruct
+from ssl_jax.data.sources import load_source
+from ssl_jax.evaluate import collapse, online
 from ssl_jax.evaluate.runner import Evaluator
 from ssl_jax.preemption import Preempted, PreemptionWatcher
 from ssl_jax.state import TrainState
@@ -42,34 +43,33 @@ class Setup:
     """Everything compiled for one config on one mesh."""
 
     mesh: Mesh
+    method: methods.Method
     model: nn.Module
     steps_per_epoch: int
     total_steps: int
     init: Callable[[jax.Array], TrainState]  # jitted: key -> replicated state
     update: Callable[..., tuple[TrainState, dict]]  # jitted, donates the state
-    # The method's choice of the variables to evaluate (DINO: its teacher); None: the
-    # trained encoder's own.
-    eval_variables: Callable[[TrainState], dict] | None
-    # The report's text for the model's `classify` top-1 (the supervised method); None:
-    # the model is no classifier.
-    classifier_protocol: str | None = None
+    # Classes of the online linear probe; 0: no probe (switched off, or no labels).
+    probe_classes: int = 0
 
     def evaluator(self, config: ml_collections.ConfigDict) -> Evaluator:
         return Evaluator(
             config,
             self.model,
             self.mesh,
-            self.eval_variables,
-            classifier_protocol=self.classifier_protocol,
+            self.method.ENCODER.variables,
+            classifier_protocol=self.method.classifier_protocol(config),
         )
 
 
-def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
-    """The pure train step: loss, gradient, optimizer, method extras, metrics.
+def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None) -> Callable:
+    """The pure train step: loss, gradient, optimizer, method extras, online probe, metrics.
 
     With ``input.augment_on_device`` the step first colour-augments and normalises the
     batch's uint8 crops (``device_augment.py``), keyed by the step's key and each example's
     global row, so the result depends on neither the device count nor a resume.
+    With ``probe_tx`` the online linear probe takes its own step on the loss's stop-gradient
+    features (``evaluate/online.py``); the method's gradient never sees it.
     """
     on_device = device_augment.check_config(config.input)
 
@@ -82,16 +82,20 @@ def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
         grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state, batch, rng, model=model, config=config)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = method.after_update(optax.apply_updates(state.params, updates), config)
         extra = method.update_extra(
             state.extra, params=params, aux=aux, step=state.step, config=config
         )
+        probe, probe_metrics = state.probe, {}
+        if probe_tx is not None:
+            probe, probe_metrics = online.update(probe, aux["features"], batch["label"], probe_tx)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
             batch_stats=aux["batch_stats"],
             opt_state=opt_state,
             extra=extra,
+            probe=probe,
         )
         metrics = dict(
             loss=loss,
@@ -102,6 +106,7 @@ def make_update_fn(method, model, tx, lr_fn, config) -> Callable:
             collapse_std=collapse.embedding_std(aux["embeddings"]),
             effective_rank=_on_log_steps(collapse.effective_rank, aux["embeddings"], state, config),
             **aux["metrics"],
+            **probe_metrics,
         )
         return new_state, metrics
 
@@ -116,33 +121,54 @@ def _on_log_steps(fn: Callable, x: jax.Array, state: TrainState, config) -> jax.
     return jax.lax.cond(logged, fn, lambda _: jnp.full((), jnp.nan, jnp.float32), x)
 
 
-def make_init_fn(method, model, tx, config) -> Callable[[jax.Array], TrainState]:
+def make_init_fn(
+    method, model, tx, config, probe_tx=None, probe_classes=0
+) -> Callable[[jax.Array], TrainState]:
     size = config.input.image_size
 
     def init_fn(key: jax.Array) -> TrainState:
         # train=False: BatchNorm groups need no divisibility at init.
-        variables = model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+        variables = model.init(key, dummy, train=False)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        probe = {}
+        if probe_tx is not None:
+            dim = model.apply(variables, dummy, train=False, method="embed").shape[-1]
+            probe = online.init(dim, probe_classes, probe_tx)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=batch_stats,
             opt_state=tx.init(params),
             extra=method.init_extra(params, batch_stats, config),
+            probe=probe,
         )
 
     return init_fn
 
 
+def online_probe_classes(config: ml_collections.ConfigDict) -> int:
+    """Classes of the online linear probe: those of ``input.train_split``, or 0 when
+    ``evals.online_linear`` is off or the split has no labels."""
+    if not config.evals.online_linear:
+        return 0
+    source = load_source(config.input.dataset, config.input.train_split, config.input.data_dir)
+    return source.num_classes or 0
+
+
 def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool = True) -> Setup:
-    """Validates the config against the mesh and compiles init and update.
+    """Validates the config against the mesh and the method, then compiles init and
+    update.
 
     ``donate_state=False`` keeps the input state alive (no buffer donation): only for
     measuring donation's memory effect (experiments/benchmark.py --donate=false)."""
     parallel.check_global_batch(config.input.global_batch_size, mesh)
-    method = methods.get_method(config.method)  # init_extra validates the method's sizes
+    method = methods.get_method(config.method)
+    method.validate(config)
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
-    config = schedules.resolve_steps(config, spe)  # methods schedule by step
+    # N for schedule.step_count's per-example rules (SimCLR; BYOL on ImageNet).
+    num_examples = pipeline.num_eval_examples(config.input, config.input.train_split)
+    config = schedules.resolve_steps(config, spe, num_examples)  # methods schedule by step
     total = config.schedule.total_steps
     peak_lr = optim.scaled_lr(config.optim, config.input.global_batch_size)
     lr_fn = schedules.lr_schedule(peak_lr, config.schedule, spe)
@@ -153,19 +179,18 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool =
         total_steps=total,
         delay_steps=schedules.epochs_to_steps(config.optim.delay_epochs, config.schedule, spe),
     )
+    classes = online_probe_classes(config)
+    probe_tx = online.optimizer(config.evals.online_linear_lr, total) if classes else None
     model = method.make_model(config)
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    init = jax.jit(make_init_fn(method, model, tx, config), out_shardings=repl)
+    init = jax.jit(make_init_fn(method, model, tx, config, probe_tx, classes), out_shardings=repl)
     update = jax.jit(
-        make_update_fn(method, model, tx, lr_fn, config),
+        make_update_fn(method, model, tx, lr_fn, config, probe_tx),
         in_shardings=(repl, data, repl),
         out_shardings=(repl, repl),
         donate_argnums=0 if donate_state else (),
     )
-    eval_variables = getattr(method, "eval_variables", None)
-    classifier = getattr(method, "classifier_protocol", None)
-    protocol = classifier(config) if classifier else None
-    return Setup(mesh, model, spe, total, init, update, eval_variables, protocol)
+    return Setup(mesh, method, model, spe, total, init, update, classes)
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
@@ -248,6 +273,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         process_count=jax.process_count(),
     )
     evaluator = setup.evaluator(config)
+    if config.evals.online_linear and not setup.probe_classes:
+        writer.info(f"{config.input.train_split!r} has no labels: no online linear probe.")
     buffer = _MetricBuffer()
     warned_collapse = False
     try:
@@ -271,7 +298,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     scores = evaluator.knn(state, prefix="knn")
                     writer.write(done, scores)
                     if scores:
-                        writer.info(f"step {done}: kNN top-1 {scores['knn_top1']:.2f}%")
+                        writer.info(f"step {done}: " + evaluator.summary(scores))
                 preempted = preemption.reached(done)
                 if done % config.ckpt.every_steps == 0 or is_last or preempted:
                     buffer.flush(last_good)  # never checkpoint a diverged state
@@ -306,10 +333,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh):
     """A fresh state with the method's pretrained weights, if it loads any (the supervised
     method's ``supervised.init_from``); on resume the own checkpoint already holds them."""
-    load = getattr(methods.get_method(config.method), "load_pretrained", None)
-    if load is None:
-        return state
-    return parallel.replicate(load(state, config), mesh)
+    loaded = methods.get_method(config.method).load_pretrained(state, config)
+    return state if loaded is state else parallel.replicate(loaded, mesh)
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
@@ -339,29 +364,3 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         print(json.dumps(scores, indent=2))
         paths.write_text(paths.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2))
     return scores
-
-
-def reconstruct_workdir(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    num_images: int = 8,
-    split: str | None = None,
-    seed: int = 0,
-) -> str:
-    """MAE's reconstruction grid of the latest checkpoint, written to
-    ``<workdir>/reconstruction.png`` (original | masked | reconstruction | reconstruction
-    with the visible patches pasted back, one row per image); returns the path."""
-    if config.method != "mae":
-        raise ValueError(f"reconstruct needs an MAE run; {workdir} holds method={config.method!r}.")
-    if num_images < 1:
-        raise ValueError(f"--num_images={num_images} must be >= 1.")
-    setup, state = restore_state(config, workdir)
-    path = paths.join(workdir, "reconstruction.png")
-    if jax.process_index() == 0:
-        variables = {"params": state.params}
-        reconstruct.reconstruction_figure(
-            config, setup.model, variables, num_images, split, seed, out_path=path
-        )
-        print(f"Wrote {path}")
-    return path

@@ -30,7 +30,7 @@ _SLOW_FIRST = (
     "test_multihost.py",
     "test_preemption.py",
     "test_notebooks.py",
-    "test_device_count.py",
+    "test_methods.py",
 )
 
 

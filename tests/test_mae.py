@@ -12,6 +12,7 @@ import pytest
 from helpers import load_config
 
 from ssl_jax import losses, train
+from ssl_jax.evaluate import reconstruct
 from ssl_jax.methods import mae
 from ssl_jax.models import mae as mae_model
 from ssl_jax.models.vit import ViT
@@ -371,7 +372,7 @@ def test_smoke_pretrains_reconstructs_and_linear_probes_end_to_end(tmp_path):
     assert report["steps"] == 4
     assert np.isfinite(report["pretrained"]["knn_top1"])
 
-    path = train.reconstruct_workdir(config, workdir, num_images=3)
+    path = reconstruct.reconstruct_workdir(config, workdir, num_images=3)
     grid = matplotlib.image.imread(path)
     assert grid.shape[:2] == (3 * 128, 4 * 128)  # 16-px images drawn at 8x
 

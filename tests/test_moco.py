@@ -46,7 +46,7 @@ def test_momentum_update_is_exact_ema_before_keys():
     )
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-        aux["target_params"],
+        aux["extra"]["target_params"],
         expected,
     )
 
@@ -59,7 +59,7 @@ def test_loss_equals_numpy_infonce_of_its_queries_and_keys():
     )
     q, k, queue, t = (
         np.asarray(aux["embeddings"]),
-        np.asarray(aux["keys"]),
+        np.asarray(aux["extra"]["keys"]),
         np.asarray(state.extra["queue"]),
         config.moco.temperature,
     )
@@ -90,12 +90,14 @@ def test_enqueue_replaces_oldest_slice_and_wraps_around():
     queue = jnp.arange(8 * 2, dtype=jnp.float32).reshape(8, 2)
     extra = dict(target_params={}, target_batch_stats={}, queue=queue, queue_ptr=jnp.int32(4))
     keys = -jnp.ones((4, 2))
-    aux = dict(keys=keys, target_params={}, target_batch_stats={})
+    aux = dict(extra=dict(keys=keys, target_params={}, target_batch_stats={}))
     out = moco.update_extra(extra, params=None, aux=aux, step=0, config=config)
     np.testing.assert_array_equal(out["queue"][:4], queue[:4])  # untouched
     np.testing.assert_array_equal(out["queue"][4:], keys)  # oldest slice replaced
     assert int(out["queue_ptr"]) == 0  # wrapped around
-    out2 = moco.update_extra(out, params=None, aux=dict(aux, keys=keys * 2), step=1, config=config)
+    out2 = moco.update_extra(
+        out, params=None, aux=dict(extra=dict(aux["extra"], keys=keys * 2)), step=1, config=config
+    )
     np.testing.assert_array_equal(out2["queue"][:4], keys * 2)
     assert int(out2["queue_ptr"]) == 4
 
@@ -104,7 +106,7 @@ def test_symmetric_loss_enqueues_both_views_keys_in_order():
     config = _config(batch=8, queue=32, symmetric=True)
     model, state, batch = _setup(config)
     _, aux = moco.loss_fn(state.params, state, batch, jax.random.key(0), model=model, config=config)
-    assert aux["keys"].shape == (16, 8)
+    assert aux["extra"]["keys"].shape == (16, 8)
     assert set(aux["metrics"]) == {"acc_12", "acc_21"}
 
 

@@ -157,4 +157,4 @@ def test_finetune_smoke_from_a_pretrained_workdir(pretrained_run, tmp_path, caps
     assert "Loaded the params/backbone encoder of 'moco_v3' at step 4" in capsys.readouterr().out
     assert report["protocol"]["top1"] == "fine-tuned classifier top-1"
     assert 0.0 <= report["pretrained"]["top1"] <= 100.0
-    assert set(report["pretrained"]) == {"top1", "knn_top1", "linear_top1"}
+    assert set(report["pretrained"]) == {"top1", "knn_top1", "linear_top1", "online_linear_top1"}

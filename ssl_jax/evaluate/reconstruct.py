@@ -13,8 +13,9 @@ visualisation, not a measure of reconstruction. (The demo's ``mae_visualize_vit_
 checkpoint was trained with raw-pixel targets, so its notebook needs no such step.)
 
 Pure functions on arrays; ``reconstruction_figure`` reads a few evaluation images through
-``ssl_jax.data.pipeline.eval_iterator`` (it never imports ``ssl_jax.train``, so the CLI
-and notebooks call it with whatever restored the variables).
+``ssl_jax.data.pipeline.eval_iterator`` (it never imports ``ssl_jax.train``, so the
+notebooks call it with whatever restored the variables); ``reconstruct_workdir`` (``ssl-jax
+reconstruct``) reads the params of a run's latest checkpoint, and nothing else, read-only.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ssl_jax import losses, paths
+from ssl_jax import losses, methods, paths, pretrained
 from ssl_jax.data import pipeline
-from ssl_jax.models.mae import patchify, unpatchify
+from ssl_jax.models.mae import MAE, patchify, unpatchify
 
 GRAY = 128  # the removed patches in the "masked" column
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
@@ -166,3 +167,31 @@ def reconstruction_figure(
         size = config.input.image_size
         write_png(grid, out_path, scale or max(1, 128 // size))
     return grid
+
+
+def reconstruct_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    num_images: int = 8,
+    split: str | None = None,
+    seed: int = 0,
+) -> str:
+    """The reconstruction grid of ``workdir``'s latest checkpoint, written to
+    ``<workdir>/reconstruction.png`` (one row per image); returns the path."""
+    model = methods.get_method(config.method).make_model(config)
+    if not isinstance(model, MAE):
+        raise ValueError(
+            f"reconstruct needs a masked autoencoder; {workdir} holds method={config.method!r}."
+        )
+    if num_images < 1:
+        raise ValueError(f"--num_images={num_images} must be >= 1.")
+    checkpoint, _ = pretrained.latest_checkpoint(workdir)
+    params = pretrained.read_subtrees(checkpoint, ["params"])["params"]
+    path = paths.join(workdir, "reconstruction.png")
+    if jax.process_index() == 0:
+        reconstruction_figure(
+            config, model, {"params": params}, num_images, split, seed, out_path=path
+        )
+        print(f"Wrote {path}")
+    return path

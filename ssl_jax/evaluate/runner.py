@@ -6,7 +6,9 @@ the backbone's pooled output, computed from the variables ``variables_of(state)`
 final report puts the pretrained encoder beside the same architecture at its random
 initialisation, so the gain from pretraining is visible. A classifier (the supervised
 method: ``classifier_protocol`` set, the model has ``classify``) also reports ``top1``, its
-own predictions on ``input.eval_test_split``.
+own predictions on ``input.eval_test_split``. With an online linear probe in the state
+(``evaluate/online.py``), every kNN evaluation and the report add its top-1 on the same
+test features (``online_linear_test_top1``, ``online_linear_top1`` in the report).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from ssl_jax.data import pipeline
+from ssl_jax.evaluate import online
 from ssl_jax.evaluate.features import extract_features
 from ssl_jax.evaluate.knn import knn_accuracy
 from ssl_jax.evaluate.linear import linear_probe
@@ -86,10 +89,20 @@ class Evaluator:
         return train, test
 
     def knn(self, state: Any, prefix: str = "knn") -> dict[str, float]:
+        """kNN top-1 and, with an online probe, its top-1 on the same test features."""
         (train_x, train_y), (test_x, test_y) = self._splits(state)
         if not _labelled(train_y, test_y):
             return {}
-        return {f"{prefix}_top1": self._knn(train_x, train_y, test_x, test_y)}
+        scores = {f"{prefix}_top1": self._knn(train_x, train_y, test_x, test_y)}
+        if _has_probe(state):
+            scores["online_linear_test_top1"] = online.top1(state.probe, test_x, test_y)
+        return scores
+
+    @staticmethod
+    def summary(scores: dict[str, float]) -> str:
+        """One line for the console: 'kNN top-1 93.10%, online linear 91.20%'."""
+        names = {"knn_top1": "kNN top-1", "online_linear_test_top1": "online linear"}
+        return ", ".join(f"{names[k]} {v:.2f}%" for k, v in scores.items() if k in names)
 
     def _knn(self, train_x, train_y, test_x, test_y) -> float:
         cfg = self.config.evals
@@ -121,13 +134,18 @@ class Evaluator:
         )
         return float(result["top1"])
 
-    def scores(self, state: Any) -> dict[str, float]:
+    def scores(self, state: Any, *, online_probe: bool = True) -> dict[str, float]:
+        """The classifier's top-1 (if any), kNN, linear probe and (with ``online_probe``
+        and a probe in the state) the online probe's top-1 on the test split."""
         (train_x, train_y), (test_x, test_y) = self._splits(state)
         if not _labelled(train_y, test_y):
             return {}
         args = (train_x, train_y, test_x, test_y)
         top1 = {"top1": self.classifier_top1(state)} if self.classifier_protocol else {}
-        return {**top1, "knn_top1": self._knn(*args), "linear_top1": self._linear(*args)}
+        scores = {**top1, "knn_top1": self._knn(*args), "linear_top1": self._linear(*args)}
+        if online_probe and _has_probe(state):
+            scores["online_linear_top1"] = online.top1(state.probe, test_x, test_y)
+        return scores
 
     def final_report(self, state: Any, init_state: Any, writer: Any) -> dict[str, Any]:
         """kNN and linear-probe top-1 of the trained and the random-init encoder."""
@@ -138,12 +156,17 @@ class Evaluator:
             print("The evaluation splits have no labels: kNN and linear probe skipped.")
             return {}
         writer.write(step, {f"final_{k}": v for k, v in trained.items()})
-        baseline = self.scores(init_state) if cfg.evals.random_init_baseline else {}
+        # The random-init network has no trained online probe to compare.
+        baseline = (
+            self.scores(init_state, online_probe=False) if cfg.evals.random_init_baseline else {}
+        )
         protocol = {
             **({"top1": self.classifier_protocol} if self.classifier_protocol else {}),
             "knn_top1": f"kNN k={cfg.evals.knn_k} T={cfg.evals.knn_temperature}, cosine, weighted",
             "linear_top1": f"linear probe on frozen features, {cfg.evals.linear_epochs} epochs",
+            "online_linear_top1": "linear classifier trained alongside, stop-gradient",
         }
+        protocol = {name: text for name, text in protocol.items() if name in trained}
         rows = [
             (
                 name,
@@ -164,6 +187,10 @@ class Evaluator:
             "random_init": baseline,
             "protocol": protocol,
         }
+
+
+def _has_probe(state: Any) -> bool:
+    return bool(state.probe)
 
 
 def _labelled(*labels: np.ndarray) -> bool:

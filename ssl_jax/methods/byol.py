@@ -28,7 +28,6 @@ Differences from the reference implementation:
 - The MLPs' hidden Dense has no bias: BatchNorm follows it, whose offset makes a bias
   redundant (haiku's hk.Linear(with_bias=True) there). The last Dense has no bias, as in
   the reference. Dense kernels use PyTorch's default init, not haiku's truncated normal.
-- No online linear classifier is trained during pretraining; the linear probe runs after.
 """
 
 from __future__ import annotations
@@ -41,9 +40,8 @@ import ml_collections
 from flax import linen as nn
 
 from ssl_jax import losses, schedules
+from ssl_jax.methods import primitives
 from ssl_jax.models.encoder import make_encoder
-
-PREDICTOR = "predictor"  # the online-only subtree of params and batch_stats
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -78,17 +76,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def without_predictor(tree: Any) -> dict:
-    """The target's part of a params or batch_stats tree: all but the predictor."""
-    return {k: v for k, v in tree.items() if k != PREDICTOR}
-
-
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """The target network: a copy of the online backbone and projector."""
-    validate(config)
+    del config
     return dict(
-        target_params=jax.tree.map(jnp.copy, without_predictor(params)),
-        target_batch_stats=jax.tree.map(jnp.copy, without_predictor(batch_stats)),
+        target_params=jax.tree.map(jnp.copy, primitives.without(params)),
+        target_batch_stats=jax.tree.map(jnp.copy, primitives.without(batch_stats)),
     )
 
 
@@ -97,31 +90,28 @@ def target_decay(step: Any, config: ml_collections.ConfigDict) -> jax.Array:
     return schedules.cosine_increase(config.byol.tau_base, 1.0, step, config.schedule.total_steps)
 
 
-def _apply(model, params, batch_stats, x, rng, predict):
-    out, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        x,
-        train=True,
-        predict=predict,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
-    )
-    return out, updates["batch_stats"]
-
-
 def loss_fn(params, state, batch, rng, *, model, config):
     views = batch["views"]  # [B, V, H, W, C]
     extra = state.extra
+    # No gradient reaches the target through the loss (its update is the EMA below).
     target_params = jax.lax.stop_gradient(extra["target_params"])
     online_stats, target_stats = state.batch_stats, extra["target_batch_stats"]
-    q, z, zt = [], [], []
+    q, z, zt, features = [], [], [], []
     for v in range(2):
         key = jax.random.fold_in(rng, v)
-        out, online_stats = _apply(model, params, online_stats, views[:, v], key, True)
+        out, online_stats = primitives.apply_train(
+            model, params, online_stats, views[:, v], key, predict=True
+        )
         q.append(out["prediction"])  # [B, d]
         z.append(out["projection"])
-        out_t, target_stats = _apply(
-            model, target_params, target_stats, views[:, v], jax.random.fold_in(key, 1), False
+        features.append(out["embedding"])
+        out_t, target_stats = primitives.apply_train(
+            model,
+            target_params,
+            target_stats,
+            views[:, v],
+            jax.random.fold_in(key, 1),
+            predict=False,
         )
         zt.append(jax.lax.stop_gradient(out_t["projection"]))  # [B, d]
     loss = losses.normalized_l2(q[0], zt[1]) + losses.normalized_l2(q[1], zt[0])
@@ -132,9 +122,11 @@ def loss_fn(params, state, batch, rng, *, model, config):
     )
     aux = dict(
         batch_stats=online_stats,
-        target_batch_stats=target_stats,
         embeddings=jax.lax.stop_gradient(losses.l2_normalize(z[0])),
+        # The reference's online classifier reads the online backbone's view-1 embedding.
+        features=features[0],  # [B, D]
         metrics=jax.lax.stop_gradient(metrics),
+        extra=dict(target_batch_stats=target_stats),
     )
     return loss, aux
 
@@ -143,9 +135,7 @@ def update_extra(extra, *, params, aux, step, config):
     """xi <- tau_k xi + (1 - tau_k) theta with the online params after this step's update
     (byol_experiment.py _update_fn)."""
     tau = target_decay(step, config)
-    target = jax.tree.map(
-        lambda t, p: tau * t + (1.0 - tau) * p,
-        extra["target_params"],
-        without_predictor(params),
+    return dict(
+        target_params=primitives.ema(extra["target_params"], primitives.without(params), tau),
+        target_batch_stats=aux["extra"]["target_batch_stats"],
     )
-    return dict(target_params=target, target_batch_stats=aux["target_batch_stats"])

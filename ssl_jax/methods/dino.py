@@ -27,9 +27,10 @@ vectors the prototypes score, so the per-dimension std reads as for the other me
 1/sqrt(65536) even when healthy. Metrics: the teacher entropy h(P_t) and KL(P_t || P_s)
 (paper Fig. 7: a uniform collapse drives KL to 0 with h(P_t) -> log K), the center norm.
 
-The kNN monitor and the linear probe evaluate the teacher backbone (``eval_variables``),
-as the paper reports and eval_knn.py / eval_linear.py do by default (--checkpoint_key
-teacher).
+The kNN monitor, the linear probes and the export evaluate the teacher backbone
+(``ENCODER``), as the paper reports and eval_knn.py / eval_linear.py do by default
+(--checkpoint_key teacher); the online linear probe reads the teacher's features of the
+two global crops.
 
 Differences from the reference implementation:
 - The prototypes layer and the loss run in float32 (the reference runs in fp16 autocast).
@@ -48,11 +49,14 @@ from einops import rearrange
 from flax import linen as nn
 
 from ssl_jax import losses, schedules
+from ssl_jax.methods import EncoderAt, primitives
 from ssl_jax.models import make_backbone
 from ssl_jax.models.encoder import Encoder
 from ssl_jax.models.heads import DINOHead
 
 NUM_GLOBAL = 2  # the teacher's crops: the first two of every example
+# The kNN monitor, the probes, the export and supervised.init_from read the teacher.
+ENCODER = EncoderAt("extra/target_params", "extra/target_batch_stats")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -116,18 +120,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """The teacher starts as a copy of the student; the center at zero."""
-    validate(config)
     return dict(
         target_params=jax.tree.map(jnp.copy, params),
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         center=jnp.zeros((config.model.head.out_dim,), jnp.float32),  # [K]
     )
-
-
-def eval_variables(state: Any) -> dict:
-    """The teacher's parameters and running statistics: what the evaluations read."""
-    extra = state.extra
-    return {"params": extra["target_params"], "batch_stats": extra["target_batch_stats"]}
 
 
 def teacher_temperature(step: Any, config: ml_collections.ConfigDict) -> jax.Array:
@@ -155,67 +152,23 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float)
     return momentum * center + (1.0 - momentum) * batch_center
 
 
-def crop_groups(batch: dict) -> list[jax.Array]:
-    """The crops grouped by resolution, each [B, n, H, W, C]; the first NUM_GLOBAL crops
-    of the first group are the global (teacher) crops."""
-    if "global_views" in batch:
-        groups = [batch["global_views"], batch["local_views"]]
-    else:
-        groups = [batch["views"]]
-    if groups[0].shape[1] < NUM_GLOBAL:
-        raise ValueError(
-            f"DINO needs {NUM_GLOBAL} global crops per example, got {groups[0].shape[1]} "
-            f"(batch shape {groups[0].shape})."
-        )
-    return [g for g in groups if g.shape[1] > 0]
-
-
 def _head(module: Encoder, features: jax.Array, train: bool):
     return module.head(features, train, return_bottleneck=True)
 
 
-def student_forward(model, params, batch_stats, groups, rng):
-    """MultiCropWrapper: the backbone once per resolution, the head on all crops.
-    Returns (logits [V, B, K], bottleneck [V, B, b], batch_stats)."""
-    features = []
-    for i, crops in enumerate(groups):
-        x = rearrange(crops, "b v h w c -> (v b) h w c")  # crop-major
-        f, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            x,
-            train=True,
-            method="embed",
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.fold_in(rng, i)},
-        )
-        batch_stats = updates.get("batch_stats", batch_stats)
-        features.append(f)
-    (logits, z), updates = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        jnp.concatenate(features),  # [V * B, D]
-        True,
-        method=_head,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.fold_in(rng, len(groups))},
-    )
-    b = groups[0].shape[0]
-    split = lambda a: rearrange(a, "(v b) k -> v b k", b=b)
-    return split(logits), split(z), updates.get("batch_stats", batch_stats)
-
-
 def loss_fn(params, state, batch, rng, *, model, config):
     cfg, extra = config.dino, state.extra
-    groups = crop_groups(batch)
-    s, z, batch_stats = student_forward(
-        model, params, state.batch_stats, groups, jax.random.fold_in(rng, 0)
+    groups = primitives.crop_groups(batch, NUM_GLOBAL)
+    _, (s, z), batch_stats = primitives.multicrop_forward(  # [V, B, K], [V, B, b]
+        model, params, state.batch_stats, groups, jax.random.fold_in(rng, 0), _head
     )
     x_t = rearrange(groups[0][:, :NUM_GLOBAL], "b v h w c -> (v b) h w c")  # [2B, H, W, C]
-    out_t, updates_t = make_model(config, teacher=True).apply(
-        {"params": extra["target_params"], "batch_stats": extra["target_batch_stats"]},
+    out_t, target_stats = primitives.apply_train(
+        make_model(config, teacher=True),
+        extra["target_params"],
+        extra["target_batch_stats"],
         x_t,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.fold_in(rng, 1)},
+        jax.random.fold_in(rng, 1),
     )
     t = jax.lax.stop_gradient(out_t["projection"])  # [2B, K]
     center = jax.lax.stop_gradient(extra["center"])  # [K]
@@ -234,9 +187,9 @@ def loss_fn(params, state, batch, rng, *, model, config):
     aux = dict(
         batch_stats=batch_stats,
         embeddings=z[0],  # the bottleneck of global crop 1 (see the module docstring)
+        features=out_t["embedding"],  # [2B, D]: the evaluated encoder is the teacher
         metrics=metrics,
-        teacher_output=t,
-        target_batch_stats=updates_t.get("batch_stats", extra["target_batch_stats"]),
+        extra=dict(teacher_output=t, target_batch_stats=target_stats),
     )
     return loss, aux
 
@@ -244,12 +197,9 @@ def loss_fn(params, state, batch, rng, *, model, config):
 def update_extra(extra, *, params, aux, step, config):
     """EMA teacher from the updated student (main_dino updates after optimizer.step());
     the center moves towards this step's teacher outputs, after the loss used it."""
-    m = teacher_momentum(step, config)
-    target_params = jax.tree.map(
-        lambda t, p: m * t + (1.0 - m) * p, extra["target_params"], jax.lax.stop_gradient(params)
-    )
+    new, m = aux["extra"], teacher_momentum(step, config)
     return dict(
-        target_params=target_params,
-        target_batch_stats=aux["target_batch_stats"],
-        center=update_center(extra["center"], aux["teacher_output"], config.dino.center_momentum),
+        target_params=primitives.ema(extra["target_params"], params, m),
+        target_batch_stats=new["target_batch_stats"],
+        center=update_center(extra["center"], new["teacher_output"], config.dino.center_momentum),
     )

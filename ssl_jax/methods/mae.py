@@ -33,6 +33,9 @@ Differences from the reference implementation:
 - The lr follows the project's per-step warm-up + cosine (the reference adjusts per
   iteration too: util/lr_sched.py, half-cycle cosine to min_lr 0).
 - No gradient accumulation (--accum_iter); use a larger global batch across devices.
+- The online linear probe reads the class token of the encoder on the visible patches
+  (free: this step computes it), while the kNN monitor and the final probes embed whole
+  images; a full-image forward per step would add about one encoder pass.
 - Mixed precision with model.dtype (bfloat16 on TPU) instead of AMP fp16 + loss scaling;
   the loss is float32.
 """
@@ -111,8 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
-    """MAE keeps no extra state; validates the config."""
-    validate(config)
+    """MAE keeps no extra state."""
+    del batch_stats, config
     if "backbone" not in params or "mask_token" not in params:
         raise ValueError(
             f"params have top-level keys {sorted(params)}; build the model with mae.make_model."
@@ -142,10 +145,13 @@ def loss_fn(params, state, batch, rng, *, model, config):
         mse_pixels=losses.masked_patch_mse(pixels, raw, mask),
         loss_visible=jax.lax.stop_gradient(losses.masked_patch_mse(pred, target, 1.0 - mask)),
     )
+    cls = out["latent"][:, 0]  # [B, D], the class token of the visible-patch encoder
     aux = dict(
         batch_stats=state.batch_stats,  # a ViT has no BatchNorm: {}
-        embeddings=losses.l2_normalize(out["latent"][:, 0]),  # [B, D] class token
+        embeddings=losses.l2_normalize(cls),
+        features=cls,
         metrics=metrics,
+        extra={},
     )
     return loss, aux
 

@@ -19,7 +19,7 @@ the two losses are summed, and both key batches (2B) are enqueued.
 
 Differences from the reference implementation:
 - BatchNorm "per GPU" is emulated with `bn_groups` contiguous groups of the global batch,
-  so the semantics do not depend on the number of devices (DESIGN.md).
+  so the semantics do not depend on the number of devices (docs/ARCHITECTURE.md).
 - The queue is stored [K, D] (the reference stores [D, K]).
 - The cosine schedule is evaluated per step; the reference updates the lr once per epoch.
 """
@@ -34,6 +34,7 @@ import ml_collections
 from flax import linen as nn
 
 from ssl_jax import losses
+from ssl_jax.methods import primitives
 from ssl_jax.models.encoder import make_encoder
 
 
@@ -81,7 +82,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """Momentum encoder copy, and a queue of random unit vectors as in the reference."""
-    validate(config)
     dim = config.model.head.out_dim
     key = jax.random.fold_in(jax.random.key(config.seed), 0x70C0)
     queue = losses.l2_normalize(jax.random.normal(key, (config.moco.queue_size, dim)))
@@ -93,42 +93,26 @@ def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict)
     )
 
 
-def _query(model, params, batch_stats, x):
-    out, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-    )
-    return losses.l2_normalize(out["projection"]), updates["batch_stats"]
-
-
 def _key(model, params, batch_stats, x, rng, shuffle: bool):
     """Keys of the momentum encoder, with the batch shuffled across BN groups."""
     perm = jax.random.permutation(rng, x.shape[0]) if shuffle else jnp.arange(x.shape[0])
-    out, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        x[perm],
-        train=True,
-        mutable=["batch_stats"],
-    )
+    out, batch_stats = primitives.apply_train(model, params, batch_stats, x[perm])
     k = losses.l2_normalize(out["projection"])[jnp.argsort(perm)]  # restore order, [B, D]
-    return jax.lax.stop_gradient(k), updates["batch_stats"]
+    return jax.lax.stop_gradient(k), batch_stats
 
 
 def loss_fn(params, state, batch, rng, *, model, config):
     cfg, extra = config.moco, state.extra
-    m = cfg.momentum
-    target_params = jax.tree.map(
-        lambda t, p: m * t + (1.0 - m) * p,
-        extra["target_params"],
-        jax.lax.stop_gradient(params),
-    )
+    target_params = primitives.ema(extra["target_params"], params, cfg.momentum)
     queue = jax.lax.stop_gradient(extra["queue"])
     views = batch["views"]  # [B, V, H, W, C]
     pairs = [(0, 1), (1, 0)] if cfg.symmetric else [(0, 1)]
 
     batch_stats, target_stats = state.batch_stats, extra["target_batch_stats"]
-    loss, keys, metrics = 0.0, [], {}
+    loss, keys, features, metrics = 0.0, [], [], {}
     for i, (qi, ki) in enumerate(pairs):
-        q, batch_stats = _query(model, params, batch_stats, views[:, qi])
+        out, batch_stats = primitives.apply_train(model, params, batch_stats, views[:, qi])
+        q = losses.l2_normalize(out["projection"])  # [B, D]
         k, target_stats = _key(
             model,
             target_params,
@@ -140,6 +124,7 @@ def loss_fn(params, state, batch, rng, *, model, config):
         pair_loss, logits = losses.info_nce(q, k, queue, cfg.temperature)
         loss += pair_loss
         keys.append(k)
+        features.append(out["embedding"])
         metrics[f"acc_{qi + 1}{ki + 1}"] = losses.top1_accuracy(
             logits, jnp.zeros(logits.shape[0], jnp.int32)
         )
@@ -147,24 +132,22 @@ def loss_fn(params, state, batch, rng, *, model, config):
     keys = jnp.concatenate(keys[::-1], axis=0)
     aux = dict(
         batch_stats=batch_stats,
-        target_params=target_params,
-        target_batch_stats=target_stats,
-        keys=keys,
         embeddings=q,
+        features=jnp.concatenate(features),  # the query encoder's, view-major
         metrics=metrics,
+        extra=dict(target_params=target_params, target_batch_stats=target_stats, keys=keys),
     )
     return loss, aux
 
 
 def update_extra(extra, *, params, aux, step, config):
     """Stores the momentum encoder and replaces the oldest queue slice with the new keys."""
-    del params, step
-    keys = aux["keys"].astype(extra["queue"].dtype)  # [B or 2B, D]
-    queue = jax.lax.dynamic_update_slice(extra["queue"], keys, (extra["queue_ptr"], 0))
-    ptr = (extra["queue_ptr"] + keys.shape[0]) % config.moco.queue_size
+    del params, step, config
+    new = aux["extra"]
+    queue, ptr = primitives.enqueue(extra["queue"], extra["queue_ptr"], new["keys"])
     return dict(
-        target_params=aux["target_params"],
-        target_batch_stats=aux["target_batch_stats"],
+        target_params=new["target_params"],
+        target_batch_stats=new["target_batch_stats"],
         queue=queue,
-        queue_ptr=ptr.astype(jnp.int32),
+        queue_ptr=ptr,
     )

@@ -19,9 +19,6 @@ per view): both views go through one pass as two BN groups, [x1; x2].
 Differences from the reference implementation:
 - The momentum and the lr are scheduled per step from the step counter; the reference
   computes the same curves from epoch + i / iters_per_epoch.
-- LARS is optax's (SimCLR's) form, which folds the lr into the momentum buffer; the
-  reference's LARS keeps the lr outside (mu = m mu + g; w -= lr mu). Both exclude 1-D
-  parameters from weight decay and trust-ratio scaling.
 - BN running statistics move once per step, towards the mean of the two views'
   statistics; the reference's two forward passes move them once per view. Training is
   unaffected (it normalises with batch statistics); only evaluation reads them.
@@ -43,6 +40,7 @@ from einops import rearrange
 from flax import linen as nn
 
 from ssl_jax import losses, schedules
+from ssl_jax.methods import primitives
 from ssl_jax.models.encoder import make_encoder
 
 
@@ -72,11 +70,6 @@ def momentum(step: Any, config: ml_collections.ConfigDict) -> jnp.ndarray:
     return schedules.cosine_increase(cfg.momentum, 1.0, step, config.schedule.total_steps)
 
 
-def without_predictor(params: Any) -> dict:
-    """The momentum encoder's share of the online params: backbone and projector."""
-    return {name: tree for name, tree in params.items() if name != "predictor"}
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fails early, naming the values, when the model cannot produce MoCo v3 queries."""
     pred, head = config.model.predictor, config.model.head
@@ -96,32 +89,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """The momentum encoder: a copy of the online backbone + projector (no predictor)."""
-    validate(config)
-    if "predictor" not in params:
+    del config
+    if primitives.PREDICTOR not in params:
         raise ValueError(
             f"the online params have no 'predictor' (top-level keys: {sorted(params)}); "
             "build the model with moco_v3.make_model."
         )
     return dict(
-        target_params=jax.tree.map(jnp.copy, without_predictor(params)),
-        target_batch_stats=jax.tree.map(jnp.copy, without_predictor(batch_stats)),
+        target_params=jax.tree.map(jnp.copy, primitives.without(params)),
+        target_batch_stats=jax.tree.map(jnp.copy, primitives.without(batch_stats)),
     )
 
 
-def _forward(model, variables, views, rng, predict):
+def _forward(model, params, batch_stats, views, rng, predict):
     """Both views in one pass: [(v b), ...] with BN group v, so each view is normalised
     with its own global-batch statistics as in the reference's two forward calls."""
     x = rearrange(views[:, :2], "b v h w c -> (v b) h w c")  # [2B, H, W, C], view-major
-    out, updates = model.apply(
-        variables,
-        x,
-        train=True,
-        predict=predict,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
-    )
+    out, batch_stats = primitives.apply_train(model, params, batch_stats, x, rng, predict=predict)
     y = out["prediction" if predict else "projection"]
-    return rearrange(y, "(v b) d -> v b d", v=2), updates["batch_stats"]  # [2, B, d]
+    return rearrange(y, "(v b) d -> v b d", v=2), out["embedding"], batch_stats  # [2, B, d]
 
 
 def loss_fn(params, state, batch, rng, *, model, config):
@@ -133,18 +119,18 @@ def loss_fn(params, state, batch, rng, *, model, config):
     # The reference updates the momentum encoder inside forward, before the keys, with
     # the online weights of this step (before the optimizer changes them).
     m = momentum(state.step, config)
-    online = jax.lax.stop_gradient(without_predictor(params))
     target_params = jax.lax.stop_gradient(
-        jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, extra["target_params"], online)
+        primitives.ema(extra["target_params"], primitives.without(params), m)
     )
     rng_q, rng_k = jax.random.split(rng)
-    queries, batch_stats = _forward(  # online predictions q1, q2: [2, B, d]
-        model, {"params": params, "batch_stats": state.batch_stats}, views, rng_q, True
+    queries, features, batch_stats = _forward(  # online predictions q1, q2: [2, B, d]
+        model, params, state.batch_stats, views, rng_q, True
     )
     # The momentum encoder also runs in train mode (its own BN statistics), no predictor.
-    variables = {"params": target_params, "batch_stats": extra["target_batch_stats"]}
-    keys, target_stats = _forward(model, variables, views, rng_k, False)  # k1, k2
-    keys = jax.lax.stop_gradient(keys)
+    keys, _, target_stats = _forward(
+        model, target_params, extra["target_batch_stats"], views, rng_k, False
+    )
+    keys = jax.lax.stop_gradient(keys)  # k1, k2
 
     t = cfg.temperature
     loss_12, logits_12 = losses.moco_v3_contrastive(queries[0], keys[1], t)  # [B, B]
@@ -157,12 +143,16 @@ def loss_fn(params, state, batch, rng, *, model, config):
     )
     aux = dict(
         batch_stats=batch_stats,
-        target_params=target_params,
-        target_batch_stats=target_stats,
-        queries=queries,  # [2, B, d], unnormalised
-        keys=keys,  # [2, B, d], unnormalised
         embeddings=losses.l2_normalize(queries[0]),
+        features=features,  # [2B, D], view-major
         metrics=metrics,
+        # queries and keys ([2, B, d], unnormalised) are kept for inspection only.
+        extra=dict(
+            target_params=target_params,
+            target_batch_stats=target_stats,
+            queries=queries,
+            keys=keys,
+        ),
     )
     return loss_12 + loss_21, aux
 
@@ -170,4 +160,5 @@ def loss_fn(params, state, batch, rng, *, model, config):
 def update_extra(extra, *, params, aux, step, config):
     """Keeps the momentum encoder that produced this step's keys."""
     del extra, params, step, config
-    return dict(target_params=aux["target_params"], target_batch_stats=aux["target_batch_stats"])
+    new = aux["extra"]
+    return dict(target_params=new["target_params"], target_batch_stats=new["target_batch_stats"])

@@ -15,7 +15,11 @@ of an anchor are the other 2N - 2 views of the whole global batch.
 Differences from the reference implementation:
 - The loss value is the reference's loss_a + loss_b (twice the paper's mean over 2N
   anchors), kept so that the reference's learning rates and weight decay carry over.
-- No online supervised head is trained during pretraining; the linear probe is run after.
+- Training runs N * epochs // B + 1 steps (``schedule.step_count``, as the reference)
+  over epochs of N // B shuffled batches with the remainder dropped each epoch; the
+  reference batches a shuffle buffer of an endlessly repeated data set. An explicit
+  ``schedule.total_steps`` compresses the whole schedule, warm-up included, where the
+  reference's --train_steps keeps the warm-up at floor(warmup_epochs N / B).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from einops import rearrange
 from flax import linen as nn
 
 from ssl_jax import losses
+from ssl_jax.methods import primitives
 from ssl_jax.models.encoder import make_encoder
 
 
@@ -50,19 +55,16 @@ def loss_fn(params, state, batch, rng, *, model, config):
     views = batch["views"]  # [B, 2, H, W, C]
     b = views.shape[0]
     x = rearrange(views[:, :2], "b v h w c -> (v b) h w c")  # [2B, H, W, C], view-major
-    out, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-    )
+    out, batch_stats = primitives.apply_train(model, params, state.batch_stats, x)
     z = out["projection"]  # [2B, d]
     loss, logits_ab = losses.nt_xent(z[:b], z[b:], config.simclr.temperature)
-    metrics = dict(contrast_acc=losses.top1_accuracy(logits_ab, jnp.arange(b)))
     aux = dict(
-        batch_stats=updates["batch_stats"],
+        batch_stats=batch_stats,
         embeddings=losses.l2_normalize(z[:b]),
-        metrics=metrics,
+        # Both views, as the reference's linear head trained while pretraining.
+        features=out["embedding"],  # [2B, D]
+        metrics=dict(contrast_acc=losses.top1_accuracy(logits_ab, jnp.arange(b))),
+        extra={},
     )
     return loss, aux
 

@@ -35,6 +35,7 @@ import ml_collections
 from flax import linen as nn
 
 from ssl_jax import losses
+from ssl_jax.methods import primitives
 from ssl_jax.models.encoder import make_encoder
 
 
@@ -73,28 +74,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """SimSiam keeps no state besides the network: both branches share its weights."""
-    del params, batch_stats
-    validate(config)
+    del params, batch_stats, config
     return {}
-
-
-def _forward(model, params, batch_stats, x, rng):
-    """One view through the shared encoder and predictor, BN in train mode."""
-    out, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
-    )
-    return out["projection"], out["prediction"], updates["batch_stats"]  # [B, d] each
 
 
 def loss_fn(params, state, batch, rng, *, model, config):
     views = batch["views"]  # [B, V, H, W, C]
-    stats = state.batch_stats
-    z1, p1, stats = _forward(model, params, stats, views[:, 0], jax.random.fold_in(rng, 0))
-    z2, p2, stats = _forward(model, params, stats, views[:, 1], jax.random.fold_in(rng, 1))
+    stats, outs = state.batch_stats, []
+    for v in range(2):  # one forward pass per view, as the reference's two encoder calls
+        out, stats = primitives.apply_train(
+            model, params, stats, views[:, v], jax.random.fold_in(rng, v)
+        )
+        outs.append(out)
+    (z1, p1), (z2, p2) = ((o["projection"], o["prediction"]) for o in outs)  # [B, d] each
     # The targets: the other view's projection, with no gradient (builder.py's detach).
     if config.simsiam.stop_gradient:
         t1, t2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
@@ -110,7 +102,9 @@ def loss_fn(params, state, batch, rng, *, model, config):
         batch_stats=stats,
         # The projection is the output that collapses (paper Fig. 2, std of z/||z||).
         embeddings=jax.lax.stop_gradient(losses.l2_normalize(z1)),
+        features=jnp.concatenate([o["embedding"] for o in outs]),  # [2B, D]
         metrics=jax.lax.stop_gradient(metrics),
+        extra={},
     )
     return loss, aux
 

@@ -44,8 +44,6 @@ Differences from the reference implementation:
   where MAE's fine-tuned timm ViT learns its copy of it.
 - Mixup pairs the global batch with its reverse (timm: each GPU's batch), and the linear
   head's BatchNorm normalises over the global batch (main_linprobe: per GPU).
-- 'lars' is SimCLR's LARS with the lr inside the momentum buffer (``ssl_jax/optim.py``);
-  MAE's util/lars.py multiplies the momentum buffer by the lr; the two agree at constant lr.
 - Evaluation is the top-1 of the final weights, not the best epoch's.
 """
 
@@ -252,7 +250,9 @@ def loss_fn(params, state, batch, rng, *, model, config):
     aux = dict(
         batch_stats=updates.get("batch_stats", state.batch_stats),
         embeddings=losses.l2_normalize(out["embedding"]),
+        features=out["embedding"],  # of the mixed images
         metrics=dict(top1=losses.top1_accuracy(logits, labels), mix_lam=lam),
+        extra={},
     )
     return loss, aux
 
