@@ -66,7 +66,13 @@ def _with_loadable_source(config: Any) -> tuple[Any, str | None]:
     np.savez(path, images=np.zeros((b, 8, 8, 3), np.uint8), labels=np.zeros(b, np.int32))
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.input.update(dataset=f"npz:{path}", train_split="train")
+        # Its one split serves the evaluation splits too, which the config check loads.
+        config.input.update(
+            dataset=f"npz:{path}",
+            train_split="train",
+            eval_train_split="train",
+            eval_test_split="train",
+        )
     return config, f"schedule from a placeholder npz: {reason}"
 
 
