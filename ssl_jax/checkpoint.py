@@ -2,7 +2,13 @@
 
 Every process calls save/restore (orbax coordinates the hosts). A restore that fails on
 the latest step falls back to the previous one with a warning, so one torn write never
-loses the run.
+loses the run. The trainer then moves the unreadable step aside, to
+``checkpoints/<step>.unreadable-<n>``, kept for inspection and out of orbax's view, so the
+run can write that step again.
+
+Readers (eval, export, reconstruct, a pretrained encoder) open a workdir with
+``read_only=True``: they never create, rename or delete anything under ``checkpoints/``,
+so a run still training keeps its in-flight ``<step>.orbax-checkpoint-tmp`` writes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ssl_jax import config_base, paths
 
@@ -53,21 +60,50 @@ def _write_small_arrays_whole() -> None:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
+    """The checkpoints of one workdir: the trainer's (every process), or a reader's
+    (``read_only=True``: restore and list only; ``save`` refuses)."""
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every_steps: int = 1,
+        keep: int | None = None,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         _write_small_arrays_whole()
         self.directory = str(paths.join(paths.absolute(workdir), "checkpoints"))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            save_interval_steps=max(1, every_steps),
-            enable_async_checkpointing=async_save,
-            create=True,
-            cleanup_tmp_directories=True,  # a write torn by a crash is removed on restart
-        )
+        self.read_only = read_only
+        if read_only:
+            # Every option that writes is off: no root folder created, no tmp directory
+            # of a running trainer's save cleaned up, nothing deleted.
+            options = ocp.CheckpointManagerOptions(
+                read_only=True,
+                save_interval_steps=0,
+                max_to_keep=None,
+                create=False,
+                cleanup_tmp_directories=False,
+                enable_async_checkpointing=False,
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=max(1, every_steps),
+                enable_async_checkpointing=async_save,
+                create=True,
+                cleanup_tmp_directories=True,  # a write torn by a crash is removed on restart
+            )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._in_flight: int | None = None  # the step of an async save not yet confirmed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The finalized steps on disk now, oldest first (a running trainer adds more)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves when `step` is on the save interval (or `force`); returns whether it did.
@@ -75,6 +111,8 @@ class Checkpointer:
         An async save's write error surfaces at the next save or `wait`; either way it
         is raised as a `CheckpointWriteError` naming the step that failed.
         """
+        if self.read_only:
+            raise PermissionError(f"{self.directory} was opened read-only; it saves nothing")
         with self._write_errors(step):
             if force or self._manager.should_save(step):
                 # orbax's save threads wait minutes for a step directory that a read-only
@@ -88,13 +126,16 @@ class Checkpointer:
     def restore(self, template: Any) -> tuple[Any, int] | None:
         """Restores the newest readable checkpoint into `template`'s shapes and shardings.
 
-        Returns (state, step), or None when the workdir has no checkpoint.
+        Returns (state, step), or None when the workdir has no checkpoint. An unreadable
+        newer step is skipped with a warning; the trainer also moves it aside
+        (`_set_aside`), a reader leaves it where it is.
         """
-        steps = sorted(self._manager.all_steps(), reverse=True)
+        steps = sorted(self.all_steps(), reverse=True)
         if not steps:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         errors: list[tuple[int, Exception]] = []
+        restored = None
         for step in steps:
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -103,7 +144,12 @@ class Checkpointer:
                 logging.warning("checkpoint step %d is unreadable (%s); trying older", step, e)
                 errors.append((step, e))
                 continue
-            return state, step
+            restored = state, step
+            break
+        if restored is not None:
+            if not self.read_only:
+                self._set_aside([s for s, _ in errors], restored[1])
+            return restored
         step, first = errors[0]
         if all(isinstance(e, _MISMATCH) for _, e in errors):
             # Every step fails the same way: the structure, not the bytes, is wrong.
@@ -116,6 +162,41 @@ class Checkpointer:
             f"no readable checkpoint in {self.directory}: "
             + "; ".join(f"step {s}: {_first_line(e)}" for s, e in errors)
         ) from first
+
+    def _set_aside(self, unreadable: list[int], resumed: int) -> None:
+        """Moves the trainer's unreadable steps to ``<step>.unreadable-<n>`` (a name orbax
+        neither lists nor cleans up: no ``.orbax-checkpoint-tmp``, not a step number), so
+        the run writes those steps again instead of failing on a step that exists. (On
+        gs:// orbax also takes a folder without commit_success.txt for a torn write and
+        deletes it; a step orbax listed there has that file, and the move keeps it.)
+
+        Every process reaches this after its restore; process 0 alone renames, between two
+        barriers, so no process still reads a step being moved, and none saves before the
+        move and everyone's reload of the step list are done. On one process there is
+        nothing to wait for.
+        """
+        many = jax.process_count() > 1
+        if many:
+            ocp.multihost.sync_global_processes(f"ssl_jax:set_aside_start:{resumed}")
+        if jax.process_index() == 0:
+            for step in unreadable:
+                source = epath.Path(self.directory) / str(step)
+                n = 1
+                while (target := source.with_name(f"{step}.unreadable-{n}")).exists():
+                    n += 1
+                source.rename(target)
+                logging.warning(
+                    "moved the unreadable checkpoint step %d to %s (kept for inspection); "
+                    "resuming from step %d, the run writes step %d again",
+                    step,
+                    target,
+                    resumed,
+                    step,
+                )
+        if many:
+            ocp.multihost.sync_global_processes(f"ssl_jax:set_aside_done:{resumed}")
+        if unreadable:
+            self._manager.reload()  # forget the moved steps, or saving them again fails
 
     def wait(self) -> None:
         with self._write_errors(None):
@@ -190,17 +271,39 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def saved_config(workdir: str) -> dict | None:
     """The resolved config a run wrote to ``<workdir>/config.json``; None if there is none."""
     path = paths.join(workdir, CONFIG_FILE)
-    return json.loads(paths.read_text(path)) if paths.exists(path) else None
+    if not paths.exists(path):
+        return None
+    try:
+        return json.loads(paths.read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}): the resolved config the run wrote is damaged; "
+            "restore it from a copy, or use a new --workdir."
+        ) from None
 
 
-def check_and_save_config(config: Any, workdir: str, *, write: bool = True) -> None:
-    """Refuses a workdir whose checkpoint came from an incompatible config; then saves
-    the resolved config as <workdir>/config.json. Nothing is written when it refuses."""
+def check_and_save_config(
+    config: Any, workdir: str, *, total_steps: int | None = None, write: bool = True
+) -> None:
+    """Refuses a workdir whose checkpoint came from an incompatible config, or lies past
+    ``total_steps`` (the resolved schedule.total_steps); then saves the resolved config as
+    <workdir>/config.json. Nothing is written when it refuses."""
     current = json.loads(config.to_json_best_effort())
     checkpoints = paths.join(workdir, "checkpoints")
     has_ckpt = paths.isdir(checkpoints) and any(
         name.isdigit() for name in paths.listdir(checkpoints)
     )
+    latest = None
+    if has_ckpt and total_steps is not None:
+        reader = Checkpointer(workdir, read_only=True)
+        latest = max(reader.all_steps(), default=None)
+        reader.close()
+    if latest is not None and latest > total_steps:
+        # Resuming would train nothing and config.json would then misstate the run.
+        raise IncompatibleCheckpointError(
+            f"{workdir} holds a checkpoint at step {latest}, past schedule.total_steps="
+            f"{total_steps}; use a new --workdir or total_steps >= {latest}."
+        )
     saved = saved_config(workdir) if has_ckpt else None
     if saved is not None:
         old, new = _flatten(saved), _flatten(current)

@@ -10,7 +10,9 @@ every other method the trained encoder itself.
 
 The checkpoint is read with orbax directly (this module must not import ssl_jax.train):
 only the needed subtrees are restored, onto one local device, from the tree metadata, so
-no template of the source run's train state (nor its optimizer state) is needed.
+no template of the source run's train state (nor its optimizer state) is needed. The steps
+are listed through a read-only ``Checkpointer``: reading never writes to the source run,
+which may still be training, and an unreadable newest step is skipped, not moved.
 
 A learned ViT position embedding saved for another patch grid is resized bicubically to
 this config's grid (``vit.interpolate_pos_embed``, as MAE's util/pos_embed.py
@@ -20,6 +22,7 @@ shape mismatch is an error listing the offending paths.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -29,7 +32,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from ssl_jax import methods, paths
-from ssl_jax.checkpoint import CONFIG_FILE, saved_config
+from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, saved_config
 from ssl_jax.models.vit import interpolate_pos_embed
 
 _MAX_LISTED = 5
@@ -44,28 +47,37 @@ def source_config(workdir: str) -> dict:
     config = saved_config(workdir)
     if config is None:
         raise FileNotFoundError(
-            f"supervised.init_from={workdir!r}: no {CONFIG_FILE} there; point it at "
-            "the --workdir of a pretraining run."
+            f"{workdir!r} has no {CONFIG_FILE}; name the --workdir of a pretraining run."
         )
     return config
 
 
-def latest_checkpoint(workdir: str) -> tuple[str, int]:
-    """``(path of the saved train state, step)`` of the newest checkpoint of ``workdir``."""
-    directory = paths.join(paths.absolute(workdir), "checkpoints")
-    steps = []
-    if paths.isdir(directory):
-        manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(read_only=True)
-        )
-        steps = list(manager.all_steps())
-        manager.close()
+def checkpoint_paths(workdir: str) -> list[tuple[str, int]]:
+    """``(path of the saved train state, step)`` of every checkpoint of ``workdir``, newest
+    first, listed read-only (a run still training there is undisturbed)."""
+    reader = Checkpointer(workdir, read_only=True)
+    steps = reader.all_steps()
+    reader.close()
     if not steps:
-        raise FileNotFoundError(
-            f"supervised.init_from={workdir!r}: no checkpoint under {directory}."
-        )
-    step = max(steps)
-    return paths.join(directory, str(step), "default"), step
+        raise FileNotFoundError(f"no checkpoint under {reader.directory}.")
+    return [(paths.join(reader.directory, str(s), "default"), s) for s in reversed(steps)]
+
+
+def read_latest(
+    workdir: str, required: list[str], optional: list[str] = ()
+) -> tuple[dict[str, Any], int]:
+    """``read_subtrees`` of the newest readable checkpoint of ``workdir`` and its step. An
+    unreadable newer step is skipped with a warning and left where it is (as
+    ``Checkpointer.restore`` does for a reader); when no step can be read, the newest
+    one's error is raised (a ``KeyError`` for a missing sub-tree)."""
+    errors = []
+    for path, step in checkpoint_paths(workdir):
+        try:
+            return read_subtrees(path, required, optional), step
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+            logging.warning("checkpoint step %d is unreadable (%s); trying older", step, e)
+            errors.append(e)
+    raise errors[0]
 
 
 def _subtree(tree: Any, dotted: str, where: str) -> Any:
@@ -124,11 +136,10 @@ def load_encoder(workdir: str) -> tuple[dict, dict, dict]:
     statistics ``{}`` for a ViT); ``info`` names the method, step and paths read."""
     config = source_config(workdir)
     method = config.get("method", "")
-    path, step = latest_checkpoint(workdir)
     encoder = methods.get_method(method).ENCODER
     params_at, stats_at = f"{encoder.params}/backbone", f"{encoder.batch_stats}/backbone"
     try:
-        trees = read_subtrees(path, [params_at], [stats_at])
+        trees, step = read_latest(workdir, [params_at], [stats_at])
     except KeyError as e:
         raise KeyError(
             f"{e.args[0]} (method {method!r}): ssl_jax keeps every method's encoder under "

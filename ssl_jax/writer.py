@@ -7,7 +7,9 @@ Files under ``workdir``:
 
 * ``metrics.jsonl`` -- one JSON object per ``write`` call, ``{"step": ..., name: value}``;
   the source of truth for plots and for comparing runs. ``truncate_after`` makes a
-  resumed run's log identical to an uninterrupted one.
+  resumed run's log identical to an uninterrupted one. The final evaluation's values
+  (``final_*``) appear once: writing them drops earlier ones, so a rerun of a finished or
+  killed run's final evaluation leaves one set, as report.json does.
 * ``tb/`` -- TensorBoard event files (``tf.summary``). Event files are append-only, so after
   a resume TensorBoard may show the re-run steps twice; ``metrics.jsonl`` does not.
 * ``report.txt`` -- the text tables passed to ``report``.
@@ -28,7 +30,8 @@ from ssl_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.txt"
-PLOT_PREFIXES = ("knn", "linear", "collapse", "effective_rank")
+PLOT_PREFIXES = ("knn", "linear", "online_linear", "collapse", "effective_rank")
+FINAL_PREFIX = "final_"  # the final evaluation's metrics (Evaluator.final_report)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -119,6 +122,8 @@ class MetricWriter:
         if not self.enabled:
             return
         values = {k: _to_float(v) for k, v in metrics.items()}
+        if any(k.startswith(FINAL_PREFIX) for k in values):
+            self._drop_final_rows()
         paths.append_text(self.metrics_path, json.dumps({"step": int(step), **values}) + "\n")
         if self._tb is None:  # closed
             return
@@ -136,6 +141,19 @@ class MetricWriter:
         kept = [row for row in read_metrics(self.workdir) if row["step"] <= step]
         # Atomic: a crash leaves the old or the new log.
         paths.write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    def _drop_final_rows(self) -> None:
+        """Removes the ``final_*`` values already logged (a previous final evaluation)."""
+        if not paths.exists(self.metrics_path):
+            return
+        rows = read_metrics(self.workdir)
+        kept = []
+        for row in rows:
+            rest = {k: v for k, v in row.items() if not k.startswith(FINAL_PREFIX)}
+            if len(rest) > 1 or len(rest) == len(row):  # more than the step, or untouched
+                kept.append(rest)
+        if kept != rows:
+            paths.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- console ------------------------------------------------------------------------
 

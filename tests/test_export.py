@@ -48,7 +48,7 @@ def test_exported_backbone_loads_with_flax_alone_and_embeds_like_the_run(finishe
 
 
 def test_export_of_a_workdir_without_a_run_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json there"):
+    with pytest.raises(FileNotFoundError, match="has no config.json; name the --workdir"):
         export.export_backbone(str(tmp_path))
 
 

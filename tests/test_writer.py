@@ -39,6 +39,21 @@ def test_truncate_after_matches_uninterrupted_log(tmp_path):
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5]
 
 
+def test_a_rerun_final_evaluation_replaces_the_earlier_final_values(tmp_path):
+    w = _writer(tmp_path)
+    w.write(4, {"loss": 1.0})
+    w.write(4, {"final_knn_top1": 10.0, "final_linear_top1": 20.0})
+    w.write(4, {"final_knn_top1": 11.0, "final_linear_top1": 21.0})  # the rerun's
+    w.write(6, {"loss": 0.5})  # an extended run: its final evaluation is the run's
+    w.write(6, {"final_knn_top1": 12.0})
+    w.close()
+    assert read_metrics(str(tmp_path)) == [
+        {"step": 4, "loss": 1.0},
+        {"step": 6, "loss": 0.5},
+        {"step": 6, "final_knn_top1": 12.0},
+    ]
+
+
 def test_disabled_writer_writes_nothing(tmp_path, capsys):
     workdir = tmp_path / "run"
     w = _writer(workdir, enabled=False)

@@ -186,8 +186,7 @@ def reconstruct_workdir(
         )
     if num_images < 1:
         raise ValueError(f"--num_images={num_images} must be >= 1.")
-    checkpoint, _ = pretrained.latest_checkpoint(workdir)
-    params = pretrained.read_subtrees(checkpoint, ["params"])["params"]
+    params = pretrained.read_latest(workdir, ["params"])[0]["params"]
     path = paths.join(workdir, "reconstruction.png")
     if jax.process_index() == 0:
         reconstruction_figure(
