@@ -9,7 +9,8 @@
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
 
 Exit status: 0 done, 2 bad input, 3 diverged, 74 a checkpoint could not be written (the
-last good one is intact), 75 preempted (SIGTERM: a checkpoint was saved at the next step
+last good one is intact), 130 Ctrl-C (as SIGTERM, a second Ctrl-C stops at once),
+75 preempted (SIGTERM: a checkpoint was saved at the next step
 boundary; the same command resumes from it).
 
 The same command runs on a laptop CPU, a GPU box, or every host of a Cloud TPU VM pod.
@@ -73,8 +74,10 @@ def _main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in COMMANDS:
-        raise app.UsageError(
-            f"expected one command out of {', '.join(COMMANDS)}; got {commands or 'none'}."
+        _fail(
+            f"expected one command out of {', '.join(COMMANDS)}; got {commands or 'none'} "
+            "(e.g. ssl-jax pretrain --config=configs/moco_v2.py:digits --workdir=DIR).",
+            _EXIT_BAD_INPUT,
         )
     if commands[0] == "list":
         from ssl_jax import catalog
@@ -82,8 +85,12 @@ def _main(argv: list[str]) -> None:
         print(catalog.catalog_text())
         return
     if not _WORKDIR.value:
-        raise app.UsageError(f"{commands[0]} needs --workdir.")
-    from ssl_jax import parallel
+        _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
+    from ssl_jax import parallel, paths
+
+    problem = paths.workdir_problem(_WORKDIR.value)
+    if problem:
+        _fail(problem, _EXIT_BAD_INPUT)
 
     try:
         parallel.initialize_distributed(
@@ -96,14 +103,14 @@ def _main(argv: list[str]) -> None:
         _fail(str(e), _EXIT_BAD_INPUT)
     from ssl_jax import train
     from ssl_jax.checkpoint import CheckpointWriteError
-    from ssl_jax.preemption import EXIT_PREEMPTED, Preempted
+    from ssl_jax.preemption import Preempted
 
     command, workdir = commands[0], _WORKDIR.value
     config = _CONFIG.value
     try:
         if command == "pretrain":
             if config is None:
-                raise app.UsageError("pretrain needs --config, e.g. configs/simclr.py:digits.")
+                _fail("pretrain needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
             train.pretrain(config, workdir)
         elif command == "eval":
             config = config or _config_from_workdir(workdir)
@@ -120,7 +127,13 @@ def _main(argv: list[str]) -> None:
                 config, workdir, num_images=_NUM_IMAGES.value, split=_SPLIT.value
             )
     except Preempted as e:
-        _fail(str(e), EXIT_PREEMPTED)
+        _fail(str(e), e.exit_status)
+    except KeyboardInterrupt:  # Ctrl-C outside training (evaluation, export, multi-process)
+        _fail(
+            f"{command} interrupted (SIGINT); rerunning pretrain resumes from the last "
+            "complete checkpoint.",
+            130,
+        )
     except CheckpointWriteError as e:
         _fail(str(e), _EXIT_CANNOT_WRITE)
     except train.DivergenceError as e:

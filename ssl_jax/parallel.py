@@ -68,12 +68,14 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
-    """Returns the per-process batch size, or fails naming the offending numbers."""
+def check_global_batch(
+    global_batch_size: int, mesh: Mesh, key: str = "input.global_batch_size"
+) -> int:
+    """Returns the per-process batch size, or fails naming the config key and numbers."""
     devices = mesh.devices.size
     if global_batch_size % devices:
         raise ValueError(
-            f"input.global_batch_size={global_batch_size} is not divisible by the "
+            f"{key}={global_batch_size} is not divisible by the "
             f"{devices} devices of the mesh; use a multiple of {devices}."
         )
     return global_batch_size // jax.process_count()

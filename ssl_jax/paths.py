@@ -8,6 +8,7 @@ gfile for ``gs://``; everything the run writes besides checkpoints goes through 
 from __future__ import annotations
 
 import os
+import pathlib
 
 from etils import epath
 
@@ -68,6 +69,23 @@ def read_bytes(path: str) -> bytes:
 
 def write_bytes(path: str, data: bytes) -> None:
     epath.Path(path).write_bytes(data)
+
+
+def workdir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a run's directory (a file is there, or a name is longer than
+    the file system allows), or None. Remote paths are left to their file system."""
+    if is_remote(path):
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--workdir={path} is a file, not a directory; name a new or existing directory."
+    limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    for part in pathlib.PurePath(os.path.abspath(path)).parts:
+        if len(part) > limit:
+            return (
+                f"--workdir={path[:60]}...: the name {part[:40]}... has {len(part)} characters, "
+                f"more than the file system's {limit}."
+            )
+    return None
 
 
 def probe_writable(directory: str, name: str) -> None:

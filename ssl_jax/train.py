@@ -23,7 +23,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from ssl_jax import methods, optim, parallel, paths, schedules
+from ssl_jax import config_check, methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import device_augment, pipeline
 from ssl_jax.data.sources import load_source
@@ -35,7 +35,9 @@ from ssl_jax.writer import MetricWriter
 
 
 class DivergenceError(FloatingPointError):
-    """A non-finite loss or gradient; the message names the step and the metric."""
+    """A diverged update: a non-finite loss, gradient or parameter norm, a gradient that
+    vanished, or parameters blowing up while finite; the message names the step, the metric,
+    the last good checkpoint and what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,11 +164,13 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool =
 
     ``donate_state=False`` keeps the input state alive (no buffer donation): only for
     measuring donation's memory effect (experiments/benchmark.py --donate=false)."""
+    config_check.check(config)
     parallel.check_global_batch(config.input.global_batch_size, mesh)
+    parallel.check_global_batch(config.evals.batch_size, mesh, "evals.batch_size")
     method = methods.get_method(config.method)
     method.validate(config)
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
-    # N for schedule.step_count's per-example rules (SimCLR; BYOL on ImageNet).
+    # N for schedule.step_count's per-example rules.
     num_examples = pipeline.num_eval_examples(config.input, config.input.train_split)
     config = schedules.resolve_steps(config, spe, num_examples)  # methods schedule by step
     total = config.schedule.total_steps
@@ -199,33 +203,68 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
+# Updates the host may dispatch ahead of the device. Unbounded, a slow step let the loop
+# queue steps up to the next log step, and a preemption notice waited for all of them
+# before its checkpoint; this bounds the wait to these steps plus the save.
+MAX_STEPS_IN_FLIGHT = 2
+
+
+# A blow-up that stays finite: the parameters' norm this many times its value when this
+# process started (init or resume). Weight decay keeps a healthy run's within a few
+# times; an lr orders of magnitude too large multiplies it by thousands within steps.
+PARAM_NORM_GROWTH_LIMIT = 100.0
+
+
+def divergence(values: dict[str, float], start_param_norm: float) -> tuple[str, str] | None:
+    """``(what is wrong with one step's metrics, what to change)``, or None."""
+    for name in ("loss", "grad_norm", "param_norm"):
+        if not np.isfinite(values[name]):
+            return f"{name} is {values[name]}", "Lower optim.lr or check the input data."
+    if values["grad_norm"] == 0.0:
+        return (
+            "grad_norm is 0: the loss no longer depends on the parameters, as when every "
+            "unit saturated or died after too large an update",
+            "Lower optim.lr.",
+        )
+    if start_param_norm and values["param_norm"] > PARAM_NORM_GROWTH_LIMIT * start_param_norm:
+        return (
+            f"param_norm is {values['param_norm']:.4g}, more than {PARAM_NORM_GROWTH_LIMIT:g}x "
+            f"its {start_param_norm:.4g} at the start: the parameters are blowing up",
+            "Lower optim.lr (or raise optim.weight_decay).",
+        )
+    return None
+
+
 class _MetricBuffer:
     """Keeps device metrics of recent steps; fetching them all at once avoids a host sync
-    per step, and the first non-finite step is still found exactly."""
+    per step, and the first diverged step (`divergence`) is still found exactly. ``add``
+    waits until the step ``MAX_STEPS_IN_FLIGHT`` before the new one has run on the device."""
 
-    def __init__(self):
+    def __init__(self, start_param_norm: float = 0.0):
         self._pending: list[tuple[int, dict]] = []
+        self._start_param_norm = start_param_norm  # 0: no growth check
 
     def add(self, step: int, metrics: dict) -> None:
         self._pending.append((step, metrics))
+        if len(self._pending) > MAX_STEPS_IN_FLIGHT:
+            jax.block_until_ready(self._pending[-MAX_STEPS_IN_FLIGHT - 1][1]["loss"])
 
     def flush(self, last_good_step: int | None) -> dict[str, float]:
         """Checks every pending step and returns the latest step's metrics as floats."""
         latest = {}
         for step, metrics in self._pending:
             values = {k: parallel.host_scalar(v) for k, v in metrics.items()}
-            for name in ("loss", "grad_norm", "param_norm"):
-                if not np.isfinite(values[name]):
-                    where = (
-                        f"the last good checkpoint is step {last_good_step}"
-                        if last_good_step is not None
-                        else "no checkpoint was written yet"
-                    )
-                    raise DivergenceError(
-                        f"{name} is {values[name]} in the update at step {step}; stopping "
-                        f"({where}). "
-                        "Lower optim.lr or check the input data."
-                    )
+            problem = divergence(values, self._start_param_norm)
+            if problem:
+                where = (
+                    f"the last good checkpoint is step {last_good_step}"
+                    if last_good_step is not None
+                    else "no checkpoint was written yet"
+                )
+                what, advice = problem
+                raise DivergenceError(
+                    f"{what} in the update at step {step}; stopping ({where}). {advice}"
+                )
             latest = values
         self._pending.clear()
         return latest
@@ -237,7 +276,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     setup = build(config, mesh)
     is_chief = jax.process_index() == 0
-    check_and_save_config(config, workdir, write=is_chief)
+    check_and_save_config(config, workdir, total_steps=setup.total_steps, write=is_chief)
     init_key, base_key = keys(config)
     base_key = parallel.replicate(base_key, mesh)
 
@@ -275,7 +314,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     evaluator = setup.evaluator(config)
     if config.evals.online_linear and not setup.probe_classes:
         writer.info(f"{config.input.train_split!r} has no labels: no online linear probe.")
-    buffer = _MetricBuffer()
+    buffer = _MetricBuffer(parallel.host_scalar(optax.global_norm(state.params)))
     warned_collapse = False
     try:
         with jax.set_mesh(mesh), PreemptionWatcher() as preemption:
@@ -307,7 +346,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if preempted and not is_last:
                     ckpt.wait()
                     writer.info(f"Preemption notice: checkpoint at step {done} saved.")
-                    raise Preempted(done, ckpt.directory)
+                    raise Preempted(done, ckpt.directory, preemption.signum)
             ckpt.wait()
             report = {}
             if config.evals.at_end:
@@ -338,14 +377,15 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, mesh: 
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[Setup, TrainState]:
-    """The latest checkpoint of a workdir."""
+    """The newest readable checkpoint of a workdir, opened read-only: nothing under
+    ``checkpoints/`` is created, moved or deleted, so a running trainer is undisturbed."""
     directory = paths.join(paths.absolute(workdir), "checkpoints")
     if not paths.isdir(directory):
         raise FileNotFoundError(f"no checkpoint under {directory}")
     mesh = parallel.make_mesh()
     setup = build(config, mesh)
     init_key, _ = keys(config)
-    ckpt = Checkpointer(workdir, every_steps=1, keep=1_000_000, async_save=False)
+    ckpt = Checkpointer(workdir, read_only=True)  # a reader: the run may be training
     restored = ckpt.restore(setup.init(init_key))
     ckpt.close()
     if restored is None:

@@ -2,13 +2,26 @@
 
 import os
 
+import pytest
 from helpers import run_ssl_jax
 
 
-def test_unknown_command_is_a_usage_error(tmp_path):
-    out = run_ssl_jax("train", f"--workdir={tmp_path}")
-    assert out.returncode != 0
-    assert "expected one command out of pretrain, eval" in out.stderr
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train"], "expected one command out of pretrain, eval"),
+        ([], "expected one command out of pretrain, eval"),
+        (["eval"], "eval needs --workdir=DIR"),
+        (["pretrain"], "pretrain needs --config"),
+    ],
+    ids=["unknown_command", "no_command", "no_workdir", "no_config"],
+)
+def test_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
+    workdir = [f"--workdir={tmp_path / 'w'}"] if args == ["pretrain"] else []
+    out = run_ssl_jax(*args, *workdir)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_eval_of_a_workdir_without_checkpoint_says_so(tmp_path):
@@ -16,3 +29,25 @@ def test_eval_of_a_workdir_without_checkpoint_says_so(tmp_path):
     assert out.returncode == 2
     assert "no checkpoint under" in out.stderr
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["a_file", "a_300_character_name"])
+def test_a_workdir_that_cannot_be_one_is_one_line_with_status_2(tmp_path, kind):
+    if kind == "a_file":
+        workdir = tmp_path / "run"
+        workdir.write_text("not a directory")
+        expected = "is a file, not a directory"
+    else:
+        workdir = tmp_path / ("r" * 300) / "run"
+        expected = "has 300 characters, more than the file system's"
+    out = run_ssl_jax("pretrain", "--config=configs/moco_v2.py:smoke", f"--workdir={workdir}")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and expected in out.stderr, out.stderr
+
+
+def test_a_truncated_config_json_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"method": "moco", "mod')
+    out = run_ssl_jax("eval", f"--workdir={tmp_path}")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert f"{tmp_path / 'config.json'} is not valid JSON" in out.stderr

@@ -1,5 +1,6 @@
 """Preemption and crashes of a real `ssl-jax pretrain` process: SIGTERM saves at the next
-step boundary and exits 75; SIGKILL at a random step loses nothing. Either way the same
+step boundary and exits 75, Ctrl-C (SIGINT) likewise with 130; SIGKILL at a random step
+loses nothing. Either way the same
 command finishes the run with the final state and the metrics log of an uninterrupted run,
 bitwise (same program, same CPU)."""
 
@@ -14,7 +15,7 @@ import pytest
 from helpers import config_flags, load_config, ssl_jax_process
 
 from ssl_jax import train
-from ssl_jax.preemption import EXIT_PREEMPTED
+from ssl_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ssl_jax.writer import read_metrics
 
 STEPS = 16
@@ -77,18 +78,28 @@ def _assert_same_run(config, expected_dir, actual_dir):
     assert read_metrics(actual_dir) == read_metrics(expected_dir)
 
 
-def test_sigterm_checkpoints_at_the_next_step_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
+@pytest.mark.parametrize(
+    "signum, exit_status",
+    [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGINT, EXIT_INTERRUPTED)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_signal_checkpoints_at_the_next_step_exits_and_resumes_exactly(
+    uninterrupted, tmp_path, signum, exit_status
+):
     config, expected_dir = uninterrupted
     workdir = str(tmp_path / "run")
     proc = _start(workdir)
     _wait_for_step(proc, workdir, 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     status, out = _finish(proc)
-    assert status == EXIT_PREEMPTED, out
-    assert "preempted (SIGTERM): saved the checkpoint at step" in out
+    assert status == exit_status, out
+    assert f"preempted ({signal.Signals(signum).name}): saved the checkpoint at step" in out
+    assert "Traceback" not in out
     (saved,) = _checkpoint_steps(workdir)  # off the 8-step interval: the preemption save
     assert 3 <= saved < 8, saved
     assert max(r["step"] for r in read_metrics(workdir)) == saved
+    if signum == signal.SIGINT:
+        return  # the same save as SIGTERM's, whose resume is compared
 
     status, out = _finish(_start(workdir))
     assert status == 0, out

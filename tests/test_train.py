@@ -29,7 +29,7 @@ def moco_run(tmp_path_factory):
 def test_smoke_run_writes_report_metrics_and_checkpoints(moco_run):
     config, workdir, report = moco_run
     assert report["steps"] == 4
-    assert set(report["pretrained"]) == {"knn_top1", "linear_top1"}
+    assert set(report["pretrained"]) == {"knn_top1", "linear_top1", "online_linear_top1"}
     assert set(report["random_init"]) == {"knn_top1", "linear_top1"}
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     for name in ("config.json", "metrics.jsonl", "report.txt", "report.json"):
@@ -175,23 +175,73 @@ def test_unwritable_checkpoint_dir_keeps_last_good(moco_run, tmp_path, failure):
     assert int(_final_state(longer, run).step) == 6
 
 
+def _listing(directory):
+    """``{relative path: (mtime_ns, size)}`` of everything under ``directory``."""
+    found = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            found[os.path.relpath(path, directory)] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
 @pytest.mark.parametrize("damage", ["array_bytes", "metadata"])
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous_with_a_warning(
+def test_unreadable_latest_checkpoint_is_skipped_by_readers_and_moved_aside_by_the_trainer(
     moco_run, tmp_path, caplog, damage
 ):
     config, workdir, _ = moco_run
     run = str(tmp_path / "run")
     shutil.copytree(workdir, run)
-    latest = os.path.join(run, "checkpoints", "4", "default")
+    checkpoints = os.path.join(run, "checkpoints")
+    latest = os.path.join(checkpoints, "4", "default")
     if damage == "array_bytes":
-        data = glob.glob(os.path.join(latest, "ocdbt.process_0", "d", "*"))
-        assert data
-        for path in data:
+        damaged = glob.glob(os.path.join(latest, "ocdbt.process_0", "d", "*"))
+        assert damaged
+        for path in damaged:
             with open(path, "wb") as f:
                 f.write(b"torn write")
     else:
-        with open(os.path.join(latest, "_METADATA"), "w") as f:
+        damaged = [os.path.join(latest, "_METADATA")]
+        with open(damaged[0], "w") as f:
             f.write('{"tree_metadata": {')
+    # A reader falls back to the previous step and moves nothing.
+    before = _listing(checkpoints)
     state = train.restore_state(config, run)[1]
     assert int(np.asarray(state.step.addressable_data(0))) == 2
     assert "checkpoint step 4 is unreadable" in caplog.text
+    assert _listing(checkpoints) == before
+    # The trainer (the same command again) moves step 4 aside, kept, and rewrites it.
+    report = train.pretrain(load_config("moco_v2", evals__at_end=False), run)
+    assert report["steps"] == 4
+    aside = os.path.join(checkpoints, "4.unreadable-1")
+    assert f"moved the unreadable checkpoint step 4 to {aside}" in caplog.text
+    for path in damaged:
+        with open(path.replace(os.path.join(checkpoints, "4"), aside), "rb") as f:
+            assert f.read() == (
+                b"torn write" if damage == "array_bytes" else b'{"tree_metadata": {'
+            )
+    assert sorted(d for d in os.listdir(checkpoints) if d.isdigit()) == ["2", "4"]
+    assert int(_final_state(config, run).step) == 4
+
+
+def test_rerun_with_fewer_steps_is_refused_and_a_rerun_keeps_one_final_row(moco_run, tmp_path):
+    config, workdir, _ = moco_run
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    before = {n: open(os.path.join(run, n)).read() for n in ("config.json", "metrics.jsonl")}
+    shorter = load_config("moco_v2", schedule__total_steps=2)
+    message = (
+        r"holds a checkpoint at step 4, past schedule.total_steps=2; "
+        r"use a new --workdir or total_steps >= 4\.$"
+    )
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        train.pretrain(shorter, run)
+    assert before == {n: open(os.path.join(run, n)).read() for n in before}
+    # The same command again (a kill during the final evaluation, say) re-runs only the
+    # final evaluation, whose values replace the earlier ones.
+    report = train.pretrain(config, run)
+    assert report["steps"] == 4
+    finals = [r for r in _rows(run) if any(k.startswith("final_") for k in r)]
+    assert [r["step"] for r in finals] == [4]
+    assert [r for r in _rows(run) if "loss" in r] == [r for r in _rows(workdir) if "loss" in r]

@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from ssl_jax import parallel
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import online
 from ssl_jax.evaluate.features import extract_features
@@ -39,12 +40,7 @@ class Evaluator:
         *,
         classifier_protocol: str | None = None,
     ):
-        devices = mesh.devices.size
-        if config.evals.batch_size % devices:
-            raise ValueError(
-                f"evals.batch_size={config.evals.batch_size} is not divisible by the "
-                f"{devices} devices; use a multiple of {devices}."
-            )
+        parallel.check_global_batch(config.evals.batch_size, mesh, "evals.batch_size")
         self.config, self.mesh = config, mesh
         self.variables_of = variables_of or (
             lambda state: {"params": state.params, "batch_stats": state.batch_stats}

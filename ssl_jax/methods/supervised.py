@@ -59,6 +59,7 @@ from flax import linen as nn
 
 from ssl_jax import losses, optim, pretrained
 from ssl_jax.data import mix
+from ssl_jax.methods import primitives
 from ssl_jax.models import make_backbone
 
 PROTOCOLS = ("finetune", "linear")
@@ -207,7 +208,10 @@ def load_pretrained(state: Any, config: ml_collections.ConfigDict) -> Any:
     workdir = config.supervised.init_from
     if not workdir:
         return state
-    backbone, stats, info = pretrained.load_backbone(workdir, state.params, state.batch_stats)
+    try:
+        backbone, stats, info = pretrained.load_backbone(workdir, state.params, state.batch_stats)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"supervised.init_from={workdir!r}: {e}") from None
     print(
         f"Loaded the {info['params']} encoder of {info['method']!r} at step {info['step']} "
         f"from {workdir}"
@@ -220,14 +224,7 @@ def load_pretrained(state: Any, config: ml_collections.ConfigDict) -> Any:
 
 
 def mix_config(config: ml_collections.ConfigDict) -> mix.MixConfig:
-    cfg = config.supervised
-    return mix.MixConfig(
-        mixup_alpha=cfg.mixup_alpha,
-        cutmix_alpha=cfg.cutmix_alpha,
-        mix_prob=cfg.mix_prob,
-        switch_prob=cfg.switch_prob,
-        smoothing=cfg.smoothing,
-    )
+    return mix.MixConfig(**{name: config.supervised[name] for name in mix.MixConfig._fields})
 
 
 def loss_fn(params, state, batch, rng, *, model, config):
@@ -238,17 +235,11 @@ def loss_fn(params, state, batch, rng, *, model, config):
     chex.assert_shape(labels, (x.shape[0],))
     rng_mix, rng_drop = jax.random.split(rng)
     x, targets, lam = mix.mix_batch(rng_mix, x, labels, cfg.num_classes, mix_config(config))
-    out, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng_drop},
-    )
+    out, batch_stats = primitives.apply_train(model, params, state.batch_stats, x, rng_drop)
     logits = out["logits"]  # [B, K]
     loss = losses.soft_cross_entropy(logits, targets)
     aux = dict(
-        batch_stats=updates.get("batch_stats", state.batch_stats),
+        batch_stats=batch_stats,
         embeddings=losses.l2_normalize(out["embedding"]),
         features=out["embedding"],  # of the mixed images
         metrics=dict(top1=losses.top1_accuracy(logits, labels), mix_lam=lam),
