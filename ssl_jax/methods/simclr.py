@@ -15,11 +15,9 @@ of an anchor are the other 2N - 2 views of the whole global batch.
 Differences from the reference implementation:
 - The loss value is the reference's loss_a + loss_b (twice the paper's mean over 2N
   anchors), kept so that the reference's learning rates and weight decay carry over.
-- Training runs N * epochs // B + 1 steps (``schedule.step_count``, as the reference)
-  over epochs of N // B shuffled batches with the remainder dropped each epoch; the
-  reference batches a shuffle buffer of an endlessly repeated data set. An explicit
-  ``schedule.total_steps`` compresses the whole schedule, warm-up included, where the
-  reference's --train_steps keeps the warm-up at floor(warmup_epochs N / B).
+- N * epochs // B + 1 steps as the reference, over epochs of N // B batches (remainder
+  dropped); an explicit schedule.total_steps compresses the warm-up too, where the
+  reference's --train_steps keeps it at floor(warmup_epochs N / B).
 """
 
 from __future__ import annotations
