@@ -31,13 +31,8 @@ from ssl_jax.evaluate import collapse, online
 from ssl_jax.evaluate.runner import Evaluator
 from ssl_jax.preemption import Preempted, PreemptionWatcher
 from ssl_jax.state import TrainState
+from ssl_jax.step_metrics import DivergenceError, MetricBuffer  # noqa: F401 (raised by pretrain)
 from ssl_jax.writer import MetricWriter
-
-
-class DivergenceError(FloatingPointError):
-    """A diverged update: a non-finite loss, gradient or parameter norm, a gradient that
-    vanished, or parameters blowing up while finite; the message names the step, the metric,
-    the last good checkpoint and what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,73 +198,6 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-# Updates the host may dispatch ahead of the device. Unbounded, a slow step let the loop
-# queue steps up to the next log step, and a preemption notice waited for all of them
-# before its checkpoint; this bounds the wait to these steps plus the save.
-MAX_STEPS_IN_FLIGHT = 2
-
-
-# A blow-up that stays finite: the parameters' norm this many times its value when this
-# process started (init or resume). Weight decay keeps a healthy run's within a few
-# times; an lr orders of magnitude too large multiplies it by thousands within steps.
-PARAM_NORM_GROWTH_LIMIT = 100.0
-
-
-def divergence(values: dict[str, float], start_param_norm: float) -> tuple[str, str] | None:
-    """``(what is wrong with one step's metrics, what to change)``, or None."""
-    for name in ("loss", "grad_norm", "param_norm"):
-        if not np.isfinite(values[name]):
-            return f"{name} is {values[name]}", "Lower optim.lr or check the input data."
-    if values["grad_norm"] == 0.0:
-        return (
-            "grad_norm is 0: the loss no longer depends on the parameters, as when every "
-            "unit saturated or died after too large an update",
-            "Lower optim.lr.",
-        )
-    if start_param_norm and values["param_norm"] > PARAM_NORM_GROWTH_LIMIT * start_param_norm:
-        return (
-            f"param_norm is {values['param_norm']:.4g}, more than {PARAM_NORM_GROWTH_LIMIT:g}x "
-            f"its {start_param_norm:.4g} at the start: the parameters are blowing up",
-            "Lower optim.lr (or raise optim.weight_decay).",
-        )
-    return None
-
-
-class _MetricBuffer:
-    """Keeps device metrics of recent steps; fetching them all at once avoids a host sync
-    per step, and the first diverged step (`divergence`) is still found exactly. ``add``
-    waits until the step ``MAX_STEPS_IN_FLIGHT`` before the new one has run on the device."""
-
-    def __init__(self, start_param_norm: float = 0.0):
-        self._pending: list[tuple[int, dict]] = []
-        self._start_param_norm = start_param_norm  # 0: no growth check
-
-    def add(self, step: int, metrics: dict) -> None:
-        self._pending.append((step, metrics))
-        if len(self._pending) > MAX_STEPS_IN_FLIGHT:
-            jax.block_until_ready(self._pending[-MAX_STEPS_IN_FLIGHT - 1][1]["loss"])
-
-    def flush(self, last_good_step: int | None) -> dict[str, float]:
-        """Checks every pending step and returns the latest step's metrics as floats."""
-        latest = {}
-        for step, metrics in self._pending:
-            values = {k: parallel.host_scalar(v) for k, v in metrics.items()}
-            problem = divergence(values, self._start_param_norm)
-            if problem:
-                where = (
-                    f"the last good checkpoint is step {last_good_step}"
-                    if last_good_step is not None
-                    else "no checkpoint was written yet"
-                )
-                what, advice = problem
-                raise DivergenceError(
-                    f"{what} in the update at step {step}; stopping ({where}). {advice}"
-                )
-            latest = values
-        self._pending.clear()
-        return latest
-
-
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pretrains, evaluates (kNN and linear probe vs random init) and returns the report."""
     start_time = time.time()
@@ -314,7 +242,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     evaluator = setup.evaluator(config)
     if config.evals.online_linear and not setup.probe_classes:
         writer.info(f"{config.input.train_split!r} has no labels: no online linear probe.")
-    buffer = _MetricBuffer(parallel.host_scalar(optax.global_norm(state.params)))
+    buffer = MetricBuffer(parallel.host_scalar(optax.global_norm(state.params)))
     warned_collapse = False
     try:
         with jax.set_mesh(mesh), PreemptionWatcher() as preemption:

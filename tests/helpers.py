@@ -85,3 +85,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tree_listing(directory):
+    """``{relative path: (mtime_ns, size)}`` of everything under ``directory``: equal
+    listings mean nothing was created, deleted, renamed or rewritten there."""
+    found = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            found[os.path.relpath(path, directory)] = (stat.st_mtime_ns, stat.st_size)
+    return found

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ssl_jax.data import sources
+from ssl_jax.data import tfds_source
 from ssl_jax.data.sources import load_source
 
 
@@ -131,4 +131,4 @@ def test_tfds_source_streams_encoded_images_offline(tmp_path):
 
 def test_tfds_not_prepared_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not prepared.*never downloads"):
-        sources._load_tfds("cifar10", "train", str(tmp_path))
+        tfds_source.load_tfds("cifar10", "train", str(tmp_path))

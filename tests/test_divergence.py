@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from helpers import load_config
 
-from ssl_jax import train
+from ssl_jax import step_metrics, train
 
 HEALTHY = dict(loss=1.0, grad_norm=2.0, param_norm=10.0)
 
@@ -21,7 +21,7 @@ HEALTHY = dict(loss=1.0, grad_norm=2.0, param_norm=10.0)
     ids=["nan_loss", "inf_param_norm", "zero_grad_norm", "param_norm_blow_up"],
 )
 def test_a_diverged_step_stops_naming_step_metric_and_checkpoint(bad, match):
-    buffer = train._MetricBuffer(start_param_norm=10.0)
+    buffer = step_metrics.MetricBuffer(start_param_norm=10.0)
     for step in range(3):
         buffer.add(step, {k: jnp.float32(v) for k, v in HEALTHY.items()})
     buffer.flush(last_good_step=None)
@@ -32,7 +32,7 @@ def test_a_diverged_step_stops_naming_step_metric_and_checkpoint(bad, match):
 
 
 def test_a_healthy_growth_of_the_parameters_trains_on():
-    buffer = train._MetricBuffer(start_param_norm=10.0)
+    buffer = step_metrics.MetricBuffer(start_param_norm=10.0)
     for step, norm in enumerate([10.0, 30.0, 900.0]):  # 90x: within the limit
         buffer.add(step, {k: jnp.float32(v) for k, v in {**HEALTHY, "param_norm": norm}.items()})
     assert buffer.flush(last_good_step=None)["param_norm"] == 900.0

@@ -9,21 +9,10 @@ import signal
 import time
 
 import pytest
-from helpers import config_flags, run_ssl_jax, smoke_config, ssl_jax_process
+from helpers import config_flags, run_ssl_jax, smoke_config, ssl_jax_process, tree_listing
 
 from ssl_jax import export, pretrained, train
 from ssl_jax.evaluate import reconstruct
-
-
-def _listing(directory):
-    """``{relative path: (mtime_ns, size)}`` of everything under ``directory``."""
-    found = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            stat = os.stat(path)
-            found[os.path.relpath(path, directory)] = (stat.st_mtime_ns, stat.st_size)
-    return found
 
 
 def _steps(checkpoints):
@@ -49,20 +38,20 @@ def test_eval_and_export_leave_the_checkpoints_untouched(finished_run):
     # What `ssl-jax eval` and `ssl-jax export` run (the command itself: the live test).
     config, workdir = finished_run
     checkpoints = os.path.join(workdir, "checkpoints")
-    before = _listing(checkpoints)
+    before = tree_listing(checkpoints)
     assert train.evaluate_workdir(config, workdir)["step"] == 4
     assert os.path.exists(os.path.join(workdir, "eval_step4.json"))  # the root: allowed
     export.export_backbone(workdir)
-    assert _listing(checkpoints) == before
+    assert tree_listing(checkpoints) == before
 
 
 def test_reconstruct_and_encoder_reads_leave_the_checkpoints_untouched(finished_run):
     config, workdir = finished_run
     checkpoints = os.path.join(workdir, "checkpoints")
-    before = _listing(checkpoints)
+    before = tree_listing(checkpoints)
     reconstruct.reconstruct_workdir(config, workdir, num_images=2)
     assert pretrained.load_encoder(workdir)[2]["step"] == 4
-    assert _listing(checkpoints) == before
+    assert tree_listing(checkpoints) == before
 
 
 def test_readers_skip_an_unreadable_newest_step_and_leave_it_there(finished_run, tmp_path):
@@ -72,10 +61,10 @@ def test_readers_skip_an_unreadable_newest_step_and_leave_it_there(finished_run,
     checkpoints = os.path.join(run, "checkpoints")
     with open(os.path.join(checkpoints, "4", "default", "_METADATA"), "w") as f:
         f.write('{"tree_metadata": {')
-    before = _listing(checkpoints)
+    before = tree_listing(checkpoints)
     assert pretrained.load_encoder(run)[2]["step"] == 2
     reconstruct.reconstruct_workdir(config, run, num_images=2)
-    assert _listing(checkpoints) == before
+    assert tree_listing(checkpoints) == before
 
 
 def test_eval_of_a_running_run_leaves_the_trainer_undisturbed(tmp_path):
@@ -105,9 +94,9 @@ def test_eval_of_a_running_run_leaves_the_trainer_undisturbed(tmp_path):
             time.sleep(0.002)
         trainer.send_signal(signal.SIGSTOP)
         try:
-            frozen = _listing(checkpoints)
+            frozen = tree_listing(checkpoints)
             evaluated = run_ssl_jax("eval", f"--workdir={workdir}", timeout=240)
-            after = _listing(checkpoints)
+            after = tree_listing(checkpoints)
         finally:
             trainer.send_signal(signal.SIGCONT)
         out, _ = trainer.communicate(timeout=300)

@@ -11,7 +11,7 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, tree_listing
 
 from ssl_jax import parallel, train
 from ssl_jax.checkpoint import CheckpointWriteError, IncompatibleCheckpointError
@@ -175,17 +175,6 @@ def test_unwritable_checkpoint_dir_keeps_last_good(moco_run, tmp_path, failure):
     assert int(_final_state(longer, run).step) == 6
 
 
-def _listing(directory):
-    """``{relative path: (mtime_ns, size)}`` of everything under ``directory``."""
-    found = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            stat = os.stat(path)
-            found[os.path.relpath(path, directory)] = (stat.st_mtime_ns, stat.st_size)
-    return found
-
-
 @pytest.mark.parametrize("damage", ["array_bytes", "metadata"])
 def test_unreadable_latest_checkpoint_is_skipped_by_readers_and_moved_aside_by_the_trainer(
     moco_run, tmp_path, caplog, damage
@@ -206,11 +195,11 @@ def test_unreadable_latest_checkpoint_is_skipped_by_readers_and_moved_aside_by_t
         with open(damaged[0], "w") as f:
             f.write('{"tree_metadata": {')
     # A reader falls back to the previous step and moves nothing.
-    before = _listing(checkpoints)
+    before = tree_listing(checkpoints)
     state = train.restore_state(config, run)[1]
     assert int(np.asarray(state.step.addressable_data(0))) == 2
     assert "checkpoint step 4 is unreadable" in caplog.text
-    assert _listing(checkpoints) == before
+    assert tree_listing(checkpoints) == before
     # The trainer (the same command again) moves step 4 aside, kept, and rewrites it.
     report = train.pretrain(load_config("moco_v2", evals__at_end=False), run)
     assert report["steps"] == 4

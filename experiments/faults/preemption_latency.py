@@ -4,7 +4,7 @@ Starts the run, waits until it has logged ``--after`` steps, sends SIGTERM (or S
 ``--signal=INT``) and measures when the checkpoint of the notice's step appears complete
 (orbax renames the temporary directory when the write is done) and when the process
 exits. It also prints the run's median step time (from when its metrics rows appear), so
-the latency reads in steps: the loop lets at most ``train.MAX_STEPS_IN_FLIGHT`` updates
+the latency reads in steps: the loop lets at most ``step_metrics.MAX_STEPS_IN_FLIGHT`` updates
 run ahead of the device, so the bound is those steps plus one save.
 
     python experiments/faults/preemption_latency.py --config=configs/moco_v2.py:smoke
@@ -24,13 +24,12 @@ import sys
 import tempfile
 import time
 
+from ssl_jax.writer import read_metrics
+
 
 def _rows(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [row for row in map(json.loads, f) if "loss" in row]
+    """The step rows of the run's metrics (read_metrics skips a line still being written)."""
+    return [row for row in read_metrics(workdir) if "loss" in row]
 
 
 def _committed_steps(workdir: str) -> set[int]:

@@ -17,7 +17,6 @@ Arguments after ``--`` are passed to every run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -25,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from ssl_jax.writer import read_metrics
 
 KEYS = ("loss", "grad_norm", "param_norm")
 
@@ -62,8 +63,8 @@ def _free_port() -> int:
 
 
 def _rows(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [row for row in map(json.loads, f) if "loss" in row]
+    """The step rows of the run's metrics (read_metrics skips a line still being written)."""
+    return [row for row in read_metrics(workdir) if "loss" in row]
 
 
 def _two_processes(command: list[str]) -> list[subprocess.Popen]:
