@@ -120,3 +120,12 @@ def fetch(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (for a decision only process 0 can make)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))

@@ -11,6 +11,11 @@ little before they kill the job. Every host must checkpoint the same step, so:
 * in a single process, a Python handler of SIGTERM and SIGINT sets a flag that the loop
   reads after the step in flight.
 
+The same notice also stops an evaluation between two of its batches (the kNN monitor, the
+final report, the linear probe between epochs): `PreemptionWatcher.poll`, which the
+evaluator calls there, raises `EvalInterrupted`. So the time from the notice to a saved
+checkpoint is at most the steps in flight (or one evaluation batch) plus one save.
+
 The loop then saves, waits for the write, and raises `Preempted`; the command line exits
 with `EXIT_PREEMPTED` after SIGTERM and 130 (the shell's code for Ctrl-C) after SIGINT,
 and rerunning the same command resumes from that checkpoint. A second Ctrl-C stops at
@@ -46,12 +51,18 @@ class Preempted(Exception):
         self.exit_status = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
-class PreemptionWatcher:
-    """``reached(step)``: whether the loop should checkpoint after ``step`` and stop.
+class EvalInterrupted(Exception):
+    """A preemption notice arrived during an evaluation; raised between two batches."""
 
-    Call it after every step, on every process, with the same steps (the multi-process
-    protocol requires it). A context manager: the previous SIGTERM handler is restored
-    on exit, so a notebook or test that trains twice is unaffected.
+
+class PreemptionWatcher:
+    """``reached()``: whether the loop should checkpoint now and stop.
+
+    Call it at the same points on every process (after each step, between evaluation
+    batches): in a multi-process job each call is one point of JAX's preemption sync
+    protocol, numbered by a counter that every process advances alike. A context manager:
+    the previous SIGTERM handler is restored on exit, so a notebook or test that trains
+    twice is unaffected.
     """
 
     def __init__(self) -> None:
@@ -59,6 +70,7 @@ class PreemptionWatcher:
         self._signalled = threading.Event()
         self._previous: dict[int, object] = {}
         self.signum: int = signal.SIGTERM  # the notice received (SIGTERM in multi-process)
+        self._calls = 0  # the sync point's number: consecutive, the same on every process
 
     def __enter__(self) -> PreemptionWatcher:
         # Python handlers can only be installed from the main thread; elsewhere (a
@@ -80,12 +92,18 @@ class PreemptionWatcher:
         self.signum = signum
         self._signalled.set()
 
-    def reached(self, step: int) -> bool:
+    def reached(self) -> bool:
         if self._multi_process:
             from jax.experimental import multihost_utils
 
+            self._calls += 1
             try:
-                return multihost_utils.reached_preemption_sync_point(step)
+                return multihost_utils.reached_preemption_sync_point(self._calls)
             except RuntimeError:  # the preemption service is disabled by jax config
                 return False
         return self._signalled.is_set()
+
+    def poll(self) -> None:
+        """For an evaluation's loop: raises `EvalInterrupted` once a notice has come."""
+        if self.reached():
+            raise EvalInterrupted

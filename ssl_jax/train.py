@@ -29,10 +29,10 @@ from ssl_jax.data import device_augment, pipeline
 from ssl_jax.data.sources import load_source
 from ssl_jax.evaluate import collapse, online
 from ssl_jax.evaluate.runner import Evaluator
-from ssl_jax.preemption import Preempted, PreemptionWatcher
+from ssl_jax.preemption import EvalInterrupted, Preempted, PreemptionWatcher
 from ssl_jax.state import TrainState
 from ssl_jax.step_metrics import DivergenceError, MetricBuffer  # noqa: F401 (raised by pretrain)
-from ssl_jax.writer import MetricWriter
+from ssl_jax.writer import MetricWriter, read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +246,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     warned_collapse = False
     try:
         with jax.set_mesh(mesh), PreemptionWatcher() as preemption:
+            evaluator.poll = preemption.poll
+            if restored is not None and knn_monitor_missing(config, workdir, start_step, setup):
+                # A notice stopped the monitor at the checkpointed step: it runs now.
+                if not knn_monitor(evaluator, state, start_step, writer):
+                    raise Preempted(start_step, ckpt.directory, preemption.signum)
             for step in range(start_step, setup.total_steps):
                 batch = parallel.to_global(next(batches), mesh)
                 state, metrics = setup.update(state, batch, base_key)
@@ -260,13 +265,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     if warning and not warned_collapse:
                         writer.info(warning)
                         warned_collapse = True  # once: a collapsed run rarely recovers
-                knn_every = config.evals.knn_every_steps
-                if knn_every and done % knn_every == 0 and not is_last:
-                    scores = evaluator.knn(state, prefix="knn")
-                    writer.write(done, scores)
-                    if scores:
-                        writer.info(f"step {done}: " + evaluator.summary(scores))
-                preempted = preemption.reached(done)
+                completed = not is_knn_step(config, done, setup) or knn_monitor(
+                    evaluator, state, done, writer
+                )
+                preempted = not completed or preemption.reached()
                 if done % config.ckpt.every_steps == 0 or is_last or preempted:
                     buffer.flush(last_good)  # never checkpoint a diverged state
                     if ckpt.save(done, state, force=is_last or preempted):
@@ -278,7 +280,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             ckpt.wait()
             report = {}
             if config.evals.at_end:
-                report = evaluator.final_report(state, setup.init(init_key), writer)
+                try:
+                    report = evaluator.final_report(state, setup.init(init_key), writer)
+                except EvalInterrupted:  # the final checkpoint is written: a rerun evaluates
+                    raise Preempted(setup.total_steps, ckpt.directory, preemption.signum) from None
     finally:
         ckpt.close()  # lets an async save finish even when training stops on an error
         writer.close()
@@ -295,6 +300,36 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             names = ", ".join(os.path.basename(p) for p in report["plots"])
             print(f"Plots in {paths.join(workdir, 'plots')}: {names}")
     return report
+
+
+def is_knn_step(config: ml_collections.ConfigDict, step: int, setup: Setup) -> bool:
+    """Whether the kNN monitor runs after ``step`` (the final report covers the last)."""
+    every = config.evals.knn_every_steps
+    return bool(every) and step % every == 0 and 0 < step < setup.total_steps
+
+
+def knn_monitor(evaluator: Evaluator, state: TrainState, step: int, writer: MetricWriter) -> bool:
+    """Logs the kNN monitor at ``step``; False if a preemption notice stopped it."""
+    try:
+        scores = evaluator.knn(state, prefix="knn")
+    except EvalInterrupted:
+        return False
+    writer.write(step, scores)
+    if scores:
+        writer.info(f"step {step}: " + evaluator.summary(scores))
+    return True
+
+
+def knn_monitor_missing(config, workdir: str, step: int, setup: Setup) -> bool:
+    """Whether the resumed-from ``step`` is a kNN step whose scores the log lacks (a notice
+    stopped the monitor there, after which that step was checkpointed). Process 0 reads
+    the log and decides for all."""
+    if not is_knn_step(config, step, setup):
+        return False
+    logged = jax.process_index() == 0 and any(
+        row["step"] == step and "knn_top1" in row for row in read_metrics(workdir)
+    )
+    return parallel.agree(jax.process_index() == 0 and not logged)
 
 
 def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh):

@@ -1,8 +1,8 @@
 """Preemption and crashes of a real `ssl-jax pretrain` process: SIGTERM saves at the next
 step boundary and exits 75, Ctrl-C (SIGINT) likewise with 130; SIGKILL at a random step
-loses nothing. Either way the same
-command finishes the run with the final state and the metrics log of an uninterrupted run,
-bitwise (same program, same CPU)."""
+loses nothing; a notice during the kNN monitor or the final evaluation stops it between
+two batches. Either way the same command finishes the run with the final state and the
+metrics log of an uninterrupted run, bitwise (same program, same CPU)."""
 
 import os
 import random
@@ -66,10 +66,10 @@ def _checkpoint_steps(workdir):
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def _assert_same_run(config, expected_dir, actual_dir):
+def _assert_same_run(config, expected_dir, actual_dir, steps=STEPS):
     expected = jax.device_get(train.restore_state(config, expected_dir)[1])
     actual = jax.device_get(train.restore_state(config, actual_dir)[1])
-    assert int(actual.step) == STEPS
+    assert int(actual.step) == steps
     paths_expected = jax.tree_util.tree_leaves_with_path(expected)
     paths_actual = jax.tree_util.tree_leaves_with_path(actual)
     assert [p for p, _ in paths_expected] == [p for p, _ in paths_actual]
@@ -123,3 +123,63 @@ def test_sigkill_at_a_random_step_then_restart_matches_an_uninterrupted_run(
     status, out = _finish(_start(workdir))
     assert status == 0, out
     _assert_same_run(config, expected_dir, workdir)
+
+
+# The evaluations: a kNN monitor at step 4, the final report (kNN, linear probe) at 8.
+EVAL_STEPS = 8
+EVAL_OVERRIDES = dict(
+    schedule__total_steps=EVAL_STEPS,
+    ckpt__every_steps=100,
+    evals__knn_every_steps=4,
+    evals__linear_epochs=3,
+    evals__random_init_baseline=False,
+)
+
+
+def _signal_on_call(monkeypatch, owner, name):
+    """The first call of ``owner.name`` sends this process SIGTERM before it starts, as a
+    notice arriving in the middle of an evaluation would."""
+    original = getattr(owner, name)
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        if not calls:
+            calls.append(name)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return calls
+
+
+def test_a_notice_during_an_evaluation_stops_it_between_batches_and_the_rerun_redoes_it(
+    tmp_path, monkeypatch
+):
+    from ssl_jax.evaluate import runner
+    from ssl_jax.preemption import Preempted
+
+    config = load_config("moco_v2", **EVAL_OVERRIDES)
+    expected_dir, workdir = str(tmp_path / "uninterrupted"), str(tmp_path / "run")
+    expected_report = train.pretrain(config, expected_dir)
+
+    # During the kNN monitor at step 4: stopped after one batch, step 4 saved, no kNN row.
+    with monkeypatch.context() as patch:
+        _signal_on_call(patch, runner.Evaluator, "knn")
+        with pytest.raises(Preempted) as stopped:
+            train.pretrain(config, workdir)
+    assert stopped.value.step == 4 and stopped.value.exit_status == EXIT_PREEMPTED
+    assert _checkpoint_steps(workdir) == [4]
+    assert not any("knn_top1" in row for row in read_metrics(workdir))
+
+    # During the final linear probe (between its epochs): the last step is saved.
+    with monkeypatch.context() as patch:
+        calls = _signal_on_call(patch, runner, "linear_probe")
+        with pytest.raises(Preempted) as stopped:
+            train.pretrain(config, workdir)  # resumes at 4, redoes its kNN monitor first
+    assert calls and stopped.value.step == EVAL_STEPS
+    assert _checkpoint_steps(workdir) == [4, EVAL_STEPS]
+    assert [r["step"] for r in read_metrics(workdir) if "knn_top1" in r] == [4]
+
+    report = train.pretrain(config, workdir)  # the final evaluation again, whole
+    assert report["pretrained"] == expected_report["pretrained"]
+    _assert_same_run(config, expected_dir, workdir, steps=EVAL_STEPS)

@@ -10,6 +10,11 @@ run ahead of the device, so the bound is those steps plus one save.
     python experiments/faults/preemption_latency.py --config=configs/moco_v2.py:smoke
     python experiments/faults/preemption_latency.py --config=configs/moco_v2.py:digits --after=30
 
+``--during=knn`` runs the kNN monitor after step ``--after`` and signals as it starts (the
+checkpoint is then that step's); ``--during=final`` ends the run at ``--after`` steps and
+signals as the final evaluation starts (its checkpoint exists: the figure is the time to
+exit, the evaluation stopped between two batches).
+
 Arguments after ``--`` are passed to the run (e.g. ``-- --config.evals.knn_every_steps=0``).
 """
 
@@ -39,11 +44,19 @@ def _committed_steps(workdir: str) -> set[int]:
     return {int(name) for name in os.listdir(directory) if name.isdigit()}
 
 
-def measure(config: str, after: int, signum: int, extra: list[str]) -> dict[str, float]:
+WHEN = {  # --during: the flags that put the signal there
+    "steps": lambda after: [],
+    "knn": lambda after: [f"--config.evals.knn_every_steps={after}"],
+    "final": lambda after: [f"--config.schedule.total_steps={after}"],
+}
+
+
+def measure(config: str, after: int, signum: int, during: str, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as root:
         workdir = os.path.join(root, "run")
         command = [sys.executable, "-m", "ssl_jax.main", "pretrain", f"--config={config}"]
-        command += [f"--workdir={workdir}", "--config.log_every_steps=1", *extra]
+        command += [f"--workdir={workdir}", "--config.log_every_steps=1", *WHEN[during](after)]
+        command += extra
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen, arrivals = 0, []  # (time a new metrics row appeared)
         while seen < after:
@@ -69,13 +82,14 @@ def measure(config: str, after: int, signum: int, extra: list[str]) -> dict[str,
         if saved_at is None and new:
             saved_at = exited
         times = sorted(b - a for a, b in zip(arrivals[1:], arrivals[2:], strict=False))
-    if not new:
+    if not new and during != "final":
         raise SystemExit(f"no checkpoint after the signal (exit {proc.returncode}):\n{output}")
     return dict(
+        during=during,
         exit_status=proc.returncode,
         logged_step_at_notice=notice_step,
-        saved_step=new[-1],
-        to_checkpoint_s=round(saved_at - sent, 2),
+        saved_step=new[-1] if new else max(before),
+        to_checkpoint_s=round(saved_at - sent, 2) if new else 0.0,
         to_exit_s=round(exited - sent, 2),
         median_step_s=round(times[len(times) // 2], 3) if times else float("nan"),
     )
@@ -89,11 +103,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/moco_v2.py:smoke")
     parser.add_argument("--after", type=int, default=3, help="logged steps before the signal")
     parser.add_argument("--signal", default="TERM", choices=["TERM", "INT"])
+    parser.add_argument("--during", default="steps", choices=sorted(WHEN))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     signum = signal.SIGTERM if args.signal == "TERM" else signal.SIGINT
     for _ in range(args.repeats):
-        print(json.dumps(measure(args.config, args.after, signum, extra)), flush=True)
+        print(json.dumps(measure(args.config, args.after, signum, args.during, extra)), flush=True)
 
 
 if __name__ == "__main__":

@@ -49,11 +49,13 @@ def extract_features(
     embed_fn: EmbedFn,
     batches: Iterable[Mapping[str, np.ndarray]],
     mesh: Mesh,
+    poll: Callable[[], None] = lambda: None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeds every real example of ``batches``; returns features [N, D] and labels [N].
 
     ``embed_fn(images [B, H, W, C]) -> [B, D]`` should be jitted (the caller closes over the
     frozen params). Features are returned as float32 even if the model computes in bfloat16.
+    ``poll()`` runs after each batch; it may raise to stop (a preemption notice).
     """
     feats_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
@@ -71,6 +73,7 @@ def extract_features(
             feats_out.append(f)
             labels_out.append(lab)
         pending = current
+        poll()
     if pending is not None:
         f, lab = _to_host(*pending)
         feats_out.append(f)

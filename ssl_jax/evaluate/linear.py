@@ -11,7 +11,7 @@ Protocol (the linear-evaluation protocol of MoCo / SimCLR / MAE, on cached featu
   and MAE linear probes use wd 0), 100 epochs (MoCo lincls) and batch size 256;
 * mini-batches are a fresh permutation of the training set every epoch; the remainder
   that does not fill a batch is dropped (a different remainder each epoch), which keeps
-  every step the same shape so the whole run compiles to one ``lax.scan``.
+  every step the same shape so one compiled ``lax.scan`` serves every epoch.
 
 Default learning rate: ``lr = 0.1 * batch_size / 256``, MAE's linear-probe base lr
 (``--blr 0.1``) with the linear scaling rule (Goyal et al. 2017). MoCo's lr=30 is tuned for
@@ -27,6 +27,7 @@ once, as in DINO's and MAE's feature-level probes).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -63,29 +64,51 @@ def _make_optimizer(
     )
 
 
+def _probe_parts(
+    num_classes: int, epochs: int, steps_per_epoch: int, momentum: float, weight_decay: float
+):
+    """The classifier and its optimizer (the cosine runs over all ``epochs``)."""
+    model = nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01))
+
+    def tx(lr: jax.Array) -> optax.GradientTransformation:
+        return _make_optimizer(lr, momentum, weight_decay, epochs * steps_per_epoch)
+
+    return model, tx
+
+
 @functools.partial(
     jax.jit, static_argnames=("num_classes", "epochs", "batch_size", "momentum", "weight_decay")
 )
-def _train(
+def _init(x, key, lr, *, num_classes, epochs, batch_size, momentum, weight_decay):
+    model, tx = _probe_parts(num_classes, epochs, x.shape[0] // batch_size, momentum, weight_decay)
+    params = model.init(jax.random.split(key)[0], x[:1])
+    return params, tx(lr).init(params)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_classes", "epochs", "batch_size", "momentum", "weight_decay")
+)
+def _train_epoch(
+    carry: tuple,
     x: jax.Array,
     y: jax.Array,
     key: jax.Array,
     lr: jax.Array,
+    e: jax.Array,
     *,
     num_classes: int,
     epochs: int,
     batch_size: int,
     momentum: float,
     weight_decay: float,
-) -> tuple[Any, jax.Array]:
-    """The whole probe as one program: scan over epochs of a scan over mini-batches."""
+) -> tuple[tuple, jax.Array]:
+    """Epoch ``e`` of the probe as one program (a scan over its mini-batches); one program
+    per epoch lets a preemption notice stop the probe between epochs."""
     n = x.shape[0]
     steps_per_epoch = n // batch_size
-    model = nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01))
-    init_key, shuffle_key = jax.random.split(key)
-    params = model.init(init_key, x[:1])
-    tx = _make_optimizer(lr, momentum, weight_decay, epochs * steps_per_epoch)
-    opt_state = tx.init(params)
+    model, make_tx = _probe_parts(num_classes, epochs, steps_per_epoch, momentum, weight_decay)
+    tx = make_tx(lr)
+    shuffle_key = jax.random.split(key)[1]
 
     def loss_fn(p: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
         logits = model.apply(p, xb)  # [b, C]
@@ -97,14 +120,10 @@ def _train(
         updates, s = tx.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), loss
 
-    def epoch(carry: tuple, e: jax.Array) -> tuple[tuple, jax.Array]:
-        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, e), n)
-        batches = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-        carry, losses = jax.lax.scan(step, carry, batches)
-        return carry, losses.mean()
-
-    (params, _), epoch_losses = jax.lax.scan(epoch, (params, opt_state), jnp.arange(epochs))
-    return params, epoch_losses
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_key, e), n)
+    batches = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+    carry, losses = jax.lax.scan(step, carry, batches)
+    return carry, losses.mean()
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -136,12 +155,14 @@ def linear_probe(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     seed: int = 0,
+    poll: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """Trains a linear classifier on frozen features; returns accuracies (%) and loss.
 
     Returns ``{'top1': test top-1, 'train_top1': train top-1, 'loss': mean training loss of
     the last epoch}``. ``lr=None`` means ``0.1 * batch_size / 256`` (see module docstring).
-    Deterministic for a given ``seed``.
+    Deterministic for a given ``seed``. ``poll()`` runs after each epoch; it may raise to
+    stop (a preemption notice).
     """
     train_labels = np.asarray(train_labels, np.int32)
     test_labels = np.asarray(test_labels, np.int32)
@@ -161,19 +182,21 @@ def linear_probe(
     if lr is None:
         lr = 0.1 * batch_size / 256
     x_train, x_test = standardize(train_feats, test_feats)
-    params, epoch_losses = _train(
-        jnp.asarray(x_train),
-        jnp.asarray(train_labels),
-        jax.random.key(seed),
-        jnp.float32(lr),
+    x, y, key = jnp.asarray(x_train), jnp.asarray(train_labels), jax.random.key(seed)
+    static = dict(
         num_classes=num_classes,
         epochs=epochs,
         batch_size=batch_size,
         momentum=momentum,
         weight_decay=weight_decay,
     )
+    carry, loss = _init(x, key, jnp.float32(lr), **static), jnp.float32(np.nan)
+    for e in range(epochs):
+        carry, loss = _train_epoch(carry, x, y, key, jnp.float32(lr), jnp.int32(e), **static)
+        poll()
+    params = carry[0]
     return {
         "top1": _accuracy(params, x_test, test_labels, num_classes),
         "train_top1": _accuracy(params, x_train, train_labels, num_classes),
-        "loss": float(epoch_losses[-1]),
+        "loss": float(loss),
     }

@@ -9,6 +9,9 @@ method: ``classifier_protocol`` set, the model has ``classify``) also reports ``
 own predictions on ``input.eval_test_split``. With an online linear probe in the state
 (``evaluate/online.py``), every kNN evaluation and the report add its top-1 on the same
 test features (``online_linear_test_top1``, ``online_linear_top1`` in the report).
+
+``Evaluator.poll`` runs between two batches of every evaluation and between the linear
+probe's epochs; the trainer sets it to its preemption watcher's, which raises to stop.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Evaluator:
     ):
         parallel.check_global_batch(config.evals.batch_size, mesh, "evals.batch_size")
         self.config, self.mesh = config, mesh
+        self.poll: Callable[[], None] = lambda: None
         self.variables_of = variables_of or (
             lambda state: {"params": state.params, "batch_stats": state.batch_stats}
         )
@@ -64,7 +68,7 @@ class Evaluator:
             process_count=jax.process_count(),
         )
         logits, labels = extract_features(
-            lambda x: self._classify(variables, x), batches, self.mesh
+            lambda x: self._classify(variables, x), batches, self.mesh, self.poll
         )
         return float(100.0 * np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -77,7 +81,7 @@ class Evaluator:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        return extract_features(lambda x: self._embed(variables, x), batches, self.mesh)
+        return extract_features(lambda x: self._embed(variables, x), batches, self.mesh, self.poll)
 
     def _splits(self, state: Any):
         train = self.features(state, self.config.input.eval_train_split)
@@ -127,6 +131,7 @@ class Evaluator:
             lr=cfg.linear_lr,
             weight_decay=cfg.linear_weight_decay,
             seed=self.config.seed,
+            poll=self.poll,
         )
         return float(result["top1"])
 
