@@ -18,6 +18,7 @@ The same command runs on a laptop CPU, a GPU box, or every host of a Cloud TPU V
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -69,9 +70,36 @@ def _config_from_workdir(workdir: str):
     return ml_collections.ConfigDict(config)
 
 
+def _quiet_orbax() -> None:
+    """orbax's logged errors and its import-time warning stay off the console.
+
+    Every orbax failure that matters reaches ssl_jax as an exception, which this command
+    reports in one line (a full disk: `CheckpointWriteError`, exit 74); orbax logs each one
+    with tracebacks as well, from every writer thread (dozens for one failed save). A full
+    disk also leaves tensorstore callbacks on asyncio loops orbax has closed, and their
+    "RuntimeError: Event loop is closed" reaches ``sys.unraisablehook``.
+    """
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        return record.levelno < std_logging.ERROR and "overriding" not in record.getMessage()
+
+    std_logging.getLogger("absl").addFilter(keep)
+    previous = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
 def _main(argv: list[str]) -> None:
     # orbax and TF log every save at INFO; the progress display is the run's voice.
     logging.set_verbosity(logging.WARNING)
+    _quiet_orbax()
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in COMMANDS:
         _fail(
@@ -86,6 +114,8 @@ def _main(argv: list[str]) -> None:
         return
     if not _WORKDIR.value:
         _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
+    if commands[0] == "pretrain" and _CONFIG.value is None:
+        _fail("pretrain needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
     from ssl_jax import parallel, paths
 
     problem = paths.workdir_problem(_WORKDIR.value)
@@ -109,8 +139,6 @@ def _main(argv: list[str]) -> None:
     config = _CONFIG.value
     try:
         if command == "pretrain":
-            if config is None:
-                _fail("pretrain needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
             train.pretrain(config, workdir)
         elif command == "eval":
             config = config or _config_from_workdir(workdir)
@@ -159,9 +187,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        config = flags.FLAGS["config"].value
+        if config is not None:
+            config.keys()  # a --config file that failed to load raises only when touched
+        return remaining
     except flags.Error as e:
         message = _without_traceback(str(e))
+    except OSError as e:  # ml_collections could not open or import the --config file
+        flag = next((a for a in argv if a.startswith("--config=")), "--config")
+        path = flag.partition("=")[2].split(":")[0]
+        detail = str(e).strip().splitlines()[-1].rsplit("failure to load: ", 1)[-1]
+        reason = "no such file" if not os.path.exists(path) else detail
+        message = f"flag {flag}: cannot load config file {path!r}: {reason}"
     except (AttributeError, KeyError) as e:
         # ml_collections looks each --config.<path> override up in the locked config.
         overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]

@@ -226,6 +226,10 @@ def _text_file(tmp_path) -> str:
     return _fresh(f"npz:{tmp_path / 'text.npz'}")
 
 
+def _no_arrays(tmp_path) -> str:
+    return _write(tmp_path / "empty.npz")
+
+
 def _pickled_objects(tmp_path) -> str:
     return _write(tmp_path / "objects.npz", images=np.array([None, 1], dtype=object))
 
@@ -237,8 +241,9 @@ def _pickled_objects(tmp_path) -> str:
         (_npy_named_npz, r"single.npz: expected an .npz archive .* found a single ndarray"),
         (_text_file, r"cannot read npz data set file '.*text.npz': not an .npz archive"),
         (_pickled_objects, r"cannot read npz data set file '.*objects.npz': Object arrays"),
+        (_no_arrays, r"empty.npz: expected key 'images' .* found keys \[\]"),
     ],
-    ids=["wrong_keys", "npy_not_npz", "not_numpy", "pickled_objects"],
+    ids=["wrong_keys", "npy_not_npz", "not_numpy", "pickled_objects", "no_arrays"],
 )
 def test_npz_with_wrong_keys_or_format_names_the_file(tmp_path, make, message):
     with pytest.raises(ValueError, match=message):

@@ -1,9 +1,10 @@
 """The command line's own usage errors (the bad-input matrix is tests/test_bad_input.py)."""
 
 import os
+import subprocess
 
 import pytest
-from helpers import run_ssl_jax
+from helpers import config_flags, run_ssl_jax
 
 
 @pytest.mark.parametrize(
@@ -13,11 +14,16 @@ from helpers import run_ssl_jax
         ([], "expected one command out of pretrain, eval"),
         (["eval"], "eval needs --workdir=DIR"),
         (["pretrain"], "pretrain needs --config"),
+        (
+            ["pretrain", "--config=configs/no_such.py:smoke"],
+            "flag --config=configs/no_such.py:smoke: cannot load config file "
+            "'configs/no_such.py': no such file",
+        ),
     ],
-    ids=["unknown_command", "no_command", "no_workdir", "no_config"],
+    ids=["unknown_command", "no_command", "no_workdir", "no_config", "missing_config_file"],
 )
 def test_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
-    workdir = [f"--workdir={tmp_path / 'w'}"] if args == ["pretrain"] else []
+    workdir = [f"--workdir={tmp_path / 'w'}"] if args[:1] == ["pretrain"] else []
     out = run_ssl_jax(*args, *workdir)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
@@ -51,3 +57,38 @@ def test_a_truncated_config_json_is_named(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0, out.stderr
     assert f"{tmp_path / 'config.json'} is not valid JSON" in out.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 10 MB file system: the smoke run's third checkpoint does not fit (3.8 MB each)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_with_status_74_and_keeps_the_last_checkpoint(small_disk):
+    workdir = small_disk / "run"
+    out = run_ssl_jax(
+        "pretrain",
+        "--config=configs/moco_v2.py:smoke",
+        f"--workdir={workdir}",
+        *config_flags(schedule__total_steps=8, evals__at_end=False, evals__knn_every_steps=0),
+        timeout=240,
+    )
+    assert out.returncode == 74, out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr  # orbax's thread tracebacks too
+    assert "No space left on device" in out.stderr or "RESOURCE_EXHAUSTED" in out.stderr
+    assert "the last good checkpoint is step 4, intact" in out.stderr
+    assert sorted(d.name for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()) == [
+        "2",
+        "4",
+    ]

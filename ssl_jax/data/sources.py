@@ -198,7 +198,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz``; anything np.load cannot read fails naming the file."""
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+    # A zip starts with a file header, or with its end record if it holds nothing.
+    if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06") and magic != b"\x93NUMPY":
         # np.load would try unpickling it and then blame "pickled (object) data".
         raise ValueError(
             f"cannot read npz data set file {path!r}: not an .npz archive (it does not "
