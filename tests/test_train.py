@@ -112,7 +112,7 @@ def test_batch_not_divisible_by_devices_is_rejected():
 
 
 def test_moco_v1_smoke_preset_trains(tmp_path):
-    # SimCLR's smoke preset trains end to end in tests/test_multihost.py.
+    # Every method steps in tests/test_methods.py; this is the v1 preset end to end.
     config = load_config("moco_v1", evals__random_init_baseline=False)
     report = train.pretrain(config, str(tmp_path / "moco_v1"))
     assert report["steps"] == 4
