@@ -25,7 +25,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 # Modules that start `ssl-jax` processes or compile every method go first, so the two
-# pytest-xdist workers (--dist loadfile) do not end with one of them running alone.
+# pytest-xdist workers (--dist loadfile) do not end with one of them running alone
+# (pyproject's --no-loadscope-reorder keeps xdist from re-sorting by test count).
 _SLOW_FIRST = (
     "test_multihost.py",
     "test_preemption.py",

@@ -128,14 +128,28 @@ def _options() -> tf.data.Options:
     return options
 
 
-def _finish(
+def _batched(
     ds: tf.data.Dataset, local_batch: int, input_cfg: Any, per_batch: Callable | None = None
-) -> Iterator[Batch]:
+) -> tf.data.Dataset:
     ds = ds.batch(local_batch, drop_remainder=True)
     if per_batch is not None:
         ds = ds.map(per_batch)
     ds = ds.prefetch(input_cfg.get("prefetch", _AUTOTUNE))
-    return ds.with_options(_options()).as_numpy_iterator()
+    return ds.with_options(_options())
+
+
+def _finish(
+    ds: tf.data.Dataset, local_batch: int, input_cfg: Any, per_batch: Callable | None = None
+) -> Iterator[Batch]:
+    return _batched(ds, local_batch, input_cfg, per_batch).as_numpy_iterator()
+
+
+# Evaluations read the same splits again and again (each kNN monitor, both encoders of the
+# final report), and tracing a tf.data pipeline's functions takes about 0.5 s, so each eval
+# pipeline is built once. The key holds the source's id and the cache the source itself,
+# so a reloaded source (load_source.cache_clear) gets a new pipeline.
+_EVAL_DATASETS: dict[tuple, tuple[Source, tf.data.Dataset]] = {}
+_EVAL_DATASETS_KEPT = 8
 
 
 def _make_example_fn(input_cfg: Any, seed: int):
@@ -343,6 +357,28 @@ def eval_iterator(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     source = _source(input_cfg, split)
+    key = (id(source), input_cfg.to_json(sort_keys=True), split, global_batch_size)
+    key += (process_index, process_count)
+    if key not in _EVAL_DATASETS:
+        if len(_EVAL_DATASETS) >= _EVAL_DATASETS_KEPT:
+            del _EVAL_DATASETS[next(iter(_EVAL_DATASETS))]  # the oldest
+        _EVAL_DATASETS[key] = (
+            source,
+            _eval_dataset(
+                source, input_cfg, split, global_batch_size, process_index, process_count
+            ),
+        )
+    return _EVAL_DATASETS[key][1].as_numpy_iterator()
+
+
+def _eval_dataset(
+    source: Source,
+    input_cfg: Any,
+    split: str,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> tf.data.Dataset:
     local = local_batch_size(global_batch_size, process_count)
     num_batches = eval_num_batches(
         input_cfg, split, global_batch_size=global_batch_size, process_count=process_count
@@ -384,4 +420,4 @@ def eval_iterator(
         ds = ds.concatenate(
             tf.data.Dataset.from_tensors(padding).repeat(num_batches * local - n_local)
         )
-    return _finish(ds, local, input_cfg)
+    return _batched(ds, local, input_cfg)
