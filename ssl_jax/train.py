@@ -214,7 +214,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         keep=config.ckpt.keep,
         async_save=config.ckpt.async_save,
     )
-    state = setup.init(init_key)
+    with jax.set_mesh(mesh):  # as in the final report's call: one compiled init serves both
+        state = setup.init(init_key)
     restored = ckpt.restore(state)
     start_step = 0
     if restored is not None:
