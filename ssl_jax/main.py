@@ -110,7 +110,10 @@ def _main(argv: list[str]) -> None:
     if commands[0] == "list":
         from ssl_jax import catalog
 
-        print(catalog.catalog_text())
+        try:
+            print(catalog.catalog_text(), flush=True)
+        except BrokenPipeError:  # `ssl-jax list | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if not _WORKDIR.value:
         _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
