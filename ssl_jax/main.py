@@ -77,7 +77,8 @@ def _quiet_orbax() -> None:
     reports in one line (a full disk: `CheckpointWriteError`, exit 74); orbax logs each one
     with tracebacks as well, from every writer thread (dozens for one failed save). A full
     disk also leaves tensorstore callbacks on asyncio loops orbax has closed, and their
-    "RuntimeError: Event loop is closed" reaches ``sys.unraisablehook``.
+    "RuntimeError: Event loop is closed" reaches ``sys.unraisablehook``; asyncio, which only
+    orbax uses here, logs "exception was never retrieved" for its unfinished writes.
     """
 
     def keep(record: std_logging.LogRecord) -> bool:
@@ -86,6 +87,10 @@ def _quiet_orbax() -> None:
         return record.levelno < std_logging.ERROR and "overriding" not in record.getMessage()
 
     std_logging.getLogger("absl").addFilter(keep)
+    # At exit, asyncio reports the same failure once more per unfinished orbax write.
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage()
+    )
     previous = sys.unraisablehook
 
     def unraisablehook(unraisable):

@@ -23,12 +23,16 @@ import shutil
 import signal
 import time
 
-import jax
 import numpy as np
 import pytest
-from helpers import config_flags, free_port, load_config, ssl_jax_process
+from helpers import (
+    assert_states_close,
+    config_flags,
+    free_port,
+    load_config,
+    ssl_jax_process,
+)
 
-from ssl_jax import train
 from ssl_jax.preemption import EXIT_PREEMPTED
 from ssl_jax.writer import read_metrics
 
@@ -124,15 +128,6 @@ def runs(tmp_path_factory):
     )
 
 
-def _assert_states_close(config, workdir, reference, steps):
-    state = jax.device_get(train.restore_state(config, workdir)[1])
-    expected_state = jax.device_get(train.restore_state(config, reference)[1])
-    assert int(state.step) == steps
-    leaves = jax.tree_util.tree_leaves_with_path(expected_state)
-    for (path, b), a in zip(leaves, jax.tree.leaves(state), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-
-
 def _assert_rows_close(rows, expected_rows):
     assert [r["step"] for r in rows] == [r["step"] for r in expected_rows]
     for row, expected in zip(rows, expected_rows, strict=True):
@@ -148,7 +143,7 @@ def test_two_processes_match_one_process_with_eight_devices(runs):
     rows = read_metrics(runs["workdir"])
     assert any("knn_top1" in r for r in rows)  # the monitor ran across both processes
     _assert_rows_close(rows, read_metrics(runs["reference"]))
-    _assert_states_close(runs["config"], runs["workdir"], runs["reference"], STEPS)
+    assert_states_close(runs["config"], runs["workdir"], runs["reference"], STEPS)
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(runs):
@@ -156,7 +151,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs):
     assert status == 0, out
     assert "Resumed from the checkpoint at step" in out
     _assert_rows_close(read_metrics(workdir), read_metrics(runs["reference"]))
-    _assert_states_close(runs["config"], workdir, runs["reference"], STEPS)
+    assert_states_close(runs["config"], workdir, runs["reference"], STEPS)
 
 
 def test_sigterm_on_one_host_checkpoints_the_same_step_on_both(runs):
