@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from ssl_jax import config_check, methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
-from ssl_jax.data import device_augment, pipeline
+from ssl_jax.data import device_augment, eval_pipeline, pipeline
 from ssl_jax.data.sources import load_source
 from ssl_jax.evaluate import collapse, online
 from ssl_jax.evaluate.runner import Evaluator
@@ -166,7 +166,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool =
     method.validate(config)
     spe = pipeline.steps_per_epoch(config.input, jax.process_count())
     # N for schedule.step_count's per-example rules.
-    num_examples = pipeline.num_eval_examples(config.input, config.input.train_split)
+    num_examples = eval_pipeline.num_eval_examples(config.input, config.input.train_split)
     config = schedules.resolve_steps(config, spe, num_examples)  # methods schedule by step
     total = config.schedule.total_steps
     peak_lr = optim.scaled_lr(config.optim, config.input.global_batch_size)

@@ -13,7 +13,7 @@ from helpers import load_config, run_ssl_jax
 from PIL import Image
 
 from ssl_jax import methods, models, parallel
-from ssl_jax.data import pipeline
+from ssl_jax.data import eval_pipeline, pipeline
 from ssl_jax.data.sources import load_source
 
 
@@ -199,7 +199,7 @@ def test_folder_of_mixed_modes_and_sizes_trains_as_rgb_uint8(tmp_path):
     ).input
     batch = next(pipeline.pretrain_iterator(input_cfg, seed=0))
     assert batch["views"].shape == (8, 2, 16, 16, 3) and np.isfinite(batch["views"]).all()
-    evals = next(pipeline.eval_iterator(input_cfg, "train", global_batch_size=8))
+    evals = next(eval_pipeline.eval_iterator(input_cfg, "train", global_batch_size=8))
     assert evals["image"].shape == (8, 16, 16, 3)
 
 

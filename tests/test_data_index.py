@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssl_jax.data import pipeline, recipes
+from ssl_jax.data import eval_pipeline, pipeline, recipes
 
 TFDS_ROWS, TFDS_SHARDS = 50, 3
 
@@ -68,7 +68,7 @@ def test_index_is_the_row_of_the_image_in_its_split(tmp_path, split, first):
     assert batches[0]["index"].shape == (16,) and batches[0]["index"].dtype == np.int32
     for batch in batches:
         np.testing.assert_array_equal(_image_ids(batch["views"]), batch["index"] + first)
-    assert _indices(batches).max() < pipeline.num_eval_examples(cfg, split)
+    assert _indices(batches).max() < eval_pipeline.num_eval_examples(cfg, split)
 
 
 def test_each_epoch_permutes_the_indices_and_images_keep_theirs(tmp_path):

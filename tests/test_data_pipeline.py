@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from test_data_sources import write_tfds_metadata
 
-from ssl_jax.data import pipeline, recipes
+from ssl_jax.data import eval_pipeline, pipeline, recipes
 
 
 def _indexed_npz(tmp_path, n: int) -> str:
@@ -107,8 +107,8 @@ def test_data_set_smaller_than_a_batch_is_an_error(tmp_path):
 
 def test_eval_covers_every_example_once_with_padding(tmp_path):
     cfg = _cfg(_indexed_npz(tmp_path, 37))
-    batches = list(pipeline.eval_iterator(cfg, "train", global_batch_size=16))
-    assert len(batches) == 3 == pipeline.eval_num_batches(cfg, "train", global_batch_size=16)
+    batches = list(eval_pipeline.eval_iterator(cfg, "train", global_batch_size=16))
+    assert len(batches) == 3 == eval_pipeline.eval_num_batches(cfg, "train", global_batch_size=16)
     mask = np.concatenate([b["mask"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
     images = np.concatenate([b["image"] for b in batches])
@@ -118,7 +118,7 @@ def test_eval_covers_every_example_once_with_padding(tmp_path):
 
     parts = [
         list(
-            pipeline.eval_iterator(
+            eval_pipeline.eval_iterator(
                 cfg, "train", global_batch_size=16, process_index=p, process_count=2
             )
         )
@@ -132,8 +132,8 @@ def test_eval_covers_every_example_once_with_padding(tmp_path):
 
 def test_digits_eval_split_sizes():
     cfg = _cfg("digits", batch=64)
-    assert pipeline.num_eval_examples(cfg, "test") == 360
-    assert pipeline.eval_num_batches(cfg, "test", global_batch_size=64) == 6
+    assert eval_pipeline.num_eval_examples(cfg, "test") == 360
+    assert eval_pipeline.eval_num_batches(cfg, "test", global_batch_size=64) == 6
 
 
 def test_tfds_stream_pretrain_resume_and_eval(tmp_path):
@@ -154,7 +154,7 @@ def test_tfds_stream_pretrain_resume_and_eval(tmp_path):
 
         for p in range(2):
             batches = list(
-                pipeline.eval_iterator(
+                eval_pipeline.eval_iterator(
                     cfg, "test", global_batch_size=8, process_index=p, process_count=2
                 )
             )
@@ -175,5 +175,5 @@ def test_folder_images_of_mixed_sizes_flow_through(tmp_path):
     cfg = _cfg(f"folder:{tmp_path}", batch=4, eval_crop_fraction=0.875)
     batch = next(pipeline.pretrain_iterator(cfg, seed=0))
     assert batch["views"].shape == (4, 2, 8, 8, 3) and (batch["label"] == -1).all()
-    evals = list(pipeline.eval_iterator(cfg, "train", global_batch_size=4))
+    evals = list(eval_pipeline.eval_iterator(cfg, "train", global_batch_size=4))
     assert len(evals) == 2 and evals[1]["mask"].tolist() == [True, True, False, False]

@@ -13,7 +13,7 @@ visualisation, not a measure of reconstruction. (The demo's ``mae_visualize_vit_
 checkpoint was trained with raw-pixel targets, so its notebook needs no such step.)
 
 Pure functions on arrays; ``reconstruction_figure`` reads a few evaluation images through
-``ssl_jax.data.pipeline.eval_iterator`` (it never imports ``ssl_jax.train``, so the
+``ssl_jax.data.eval_pipeline.eval_iterator`` (it never imports ``ssl_jax.train``, so the
 notebooks call it with whatever restored the variables); ``reconstruct_workdir`` (``ssl-jax
 reconstruct``) reads the params of a run's latest checkpoint, and nothing else, read-only.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from flax import linen as nn
 
 from ssl_jax import losses, methods, paths, pretrained
-from ssl_jax.data import pipeline
+from ssl_jax.data import eval_pipeline
 from ssl_jax.models.mae import MAE, patchify, unpatchify
 
 GRAY = 128  # the removed patches in the "masked" column
@@ -125,10 +125,10 @@ def eval_images(config: ml_collections.ConfigDict, num_images: int, split: str) 
     preprocessing, fixed order)."""
     if num_images < 1:
         raise ValueError(f"num_images={num_images} must be >= 1.")
-    available = pipeline.num_eval_examples(config.input, split)
+    available = eval_pipeline.num_eval_examples(config.input, split)
     if num_images > available:
         raise ValueError(f"num_images={num_images} but split {split!r} has {available} images.")
-    batches = pipeline.eval_iterator(config.input, split, global_batch_size=num_images)
+    batches = eval_pipeline.eval_iterator(config.input, split, global_batch_size=num_images)
     batch = next(iter(batches))
     return np.asarray(batch["image"][batch["mask"]], np.float32)[:num_images]
 

@@ -26,7 +26,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from ssl_jax import parallel
-from ssl_jax.data import pipeline
+from ssl_jax.data import eval_pipeline
 from ssl_jax.evaluate import online
 from ssl_jax.evaluate.features import extract_features
 from ssl_jax.evaluate.knn import knn_accuracy
@@ -60,7 +60,7 @@ class Evaluator:
     def classifier_top1(self, state: Any) -> float:
         """Top-1 (%) of the model's own ``classify`` logits on ``input.eval_test_split``."""
         variables = self.variables_of(state)
-        batches = pipeline.eval_iterator(
+        batches = eval_pipeline.eval_iterator(
             self.config.input,
             self.config.input.eval_test_split,
             global_batch_size=self.config.evals.batch_size,
@@ -74,7 +74,7 @@ class Evaluator:
 
     def features(self, state: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         variables = self.variables_of(state)
-        batches = pipeline.eval_iterator(
+        batches = eval_pipeline.eval_iterator(
             self.config.input,
             split,
             global_batch_size=self.config.evals.batch_size,
