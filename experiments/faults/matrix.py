@@ -96,45 +96,39 @@ BAD_INPUT = [  # (name, command-line arguments, what the one line must contain)
 ]
 
 
+def one_line(args: list[str], expected: str) -> tuple[int, str]:
+    """Runs ``ssl-jax *args``: it must exit 2 with one line that contains ``expected``."""
+    out = ssl_jax(*args)
+    line = first_line(out.stderr)
+    assert out.returncode == 2, f"exit {out.returncode}: {line}"
+    assert out.stderr.strip().count("\n") == 0, "more than one line"
+    assert expected in line, line
+    return out.returncode, line
+
+
 def bad_input_case(args: list[str], expected: str) -> Callable[[str], tuple[int, str]]:
     def case(root: str) -> tuple[int, str]:
         workdir = os.path.join(root, "run")
-        out = ssl_jax("pretrain", *args, f"--workdir={workdir}")
-        line = first_line(out.stderr)
-        assert out.returncode == 2, f"exit {out.returncode}: {line}"
-        assert out.stderr.strip().count("\n") == 0, "more than one line"
-        assert expected in line, line
+        result = one_line(["pretrain", *args, f"--workdir={workdir}"], expected)
         assert not os.path.exists(workdir), "the workdir was written"
-        return out.returncode, line
+        return result
 
     return case
 
 
 def usage_case(args: list[str], expected: str) -> Callable[[str], tuple[int, str]]:
-    def case(root: str) -> tuple[int, str]:
-        out = ssl_jax(*args)
-        line = first_line(out.stderr)
-        assert out.returncode == 2 and expected in line, f"exit {out.returncode}: {line}"
-        return out.returncode, line
-
-    return case
+    return lambda root: one_line(args, expected)
 
 
 def workdir_file(root: str) -> tuple[int, str]:
     path = os.path.join(root, "a_file")
     open(path, "w").close()
-    return _pretrain_at(path, "is a file, not a directory")
+    return one_line(["pretrain", SMOKE, f"--workdir={path}"], "is a file, not a directory")
 
 
 def long_name(root: str) -> tuple[int, str]:
-    return _pretrain_at(os.path.join(root, "r" * 300, "run"), "has 300 characters")
-
-
-def _pretrain_at(workdir: str, expected: str) -> tuple[int, str]:
-    out = ssl_jax("pretrain", SMOKE, f"--workdir={workdir}")
-    line = first_line(out.stderr)
-    assert out.returncode == 2 and expected in line, f"exit {out.returncode}: {line}"
-    return out.returncode, line
+    workdir = os.path.join(root, "r" * 300, "run")
+    return one_line(["pretrain", SMOKE, f"--workdir={workdir}"], "has 300 characters")
 
 
 def empty_npz(root: str) -> tuple[int, str]:
@@ -148,10 +142,7 @@ def empty_npz(root: str) -> tuple[int, str]:
 def truncated_config_json(root: str) -> tuple[int, str]:
     with open(os.path.join(root, "config.json"), "w") as f:
         f.write('{"method": "moco", "mod')
-    out = ssl_jax("eval", f"--workdir={root}")
-    line = first_line(out.stderr)
-    assert out.returncode == 2 and "config.json is not valid JSON" in line, line
-    return out.returncode, line
+    return one_line(["eval", f"--workdir={root}"], "config.json is not valid JSON")
 
 
 # ------------------------------------------------------------------------ run faults
