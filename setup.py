@@ -29,7 +29,9 @@ setup(
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
         "tensorboard>=2.18",
+        "safetensors>=0.4",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    # torch only reads and writes .pth files (ssl-jax import / export); nothing else uses it.
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"], "torch": ["torch>=2.1"]},
     entry_points={"console_scripts": ["ssl-jax=ssl_jax.main:run"]},
 )

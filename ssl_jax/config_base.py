@@ -131,6 +131,22 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def with_values(
+    config: ml_collections.ConfigDict, values: Mapping[str, object]
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``{"model.vit.patch_size": 8, ...}`` set (dotted keys that
+    exist; ml_collections checks each value's type), locked as ``config`` was."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for dotted, value in values.items():
+            *parents, leaf = dotted.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
 def set_views(config: ml_collections.ConfigDict, *recipes: ml_collections.ConfigDict) -> None:
     """Installs one keyed augmentation config per view: view1, view2, ..."""
     config.input.views = ml_collections.ConfigDict(

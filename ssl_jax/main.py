@@ -4,6 +4,9 @@
     ssl-jax eval --workdir=/tmp/moco_digits            # kNN + linear probe of the latest checkpoint
     ssl-jax reconstruct --workdir=/tmp/mae_digits      # MAE: reconstruction.png of test images
     ssl-jax export --workdir=/tmp/moco_digits          # the encoder as one Flax msgpack file
+    ssl-jax export --workdir=W --format=torchvision --out=r50.safetensors  # for PyTorch
+    ssl-jax import --from=moco_v2_800ep_pretrain.pth.tar --format=moco \
+        --config=configs/moco_v2.py:imagenet --workdir=W  # a released checkpoint -> a workdir
     ssl-jax list                                       # methods, backbones, data sets, presets
     ssl-jax pretrain ... --config.optim.lr=0.1         # any config key can be overridden
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
@@ -52,8 +55,15 @@ _SPLIT = flags.DEFINE_string(
 _OUT = flags.DEFINE_string(
     "out", None, "export: the file to write (default: <workdir>/backbone.msgpack)."
 )
+_FORMAT = flags.DEFINE_string(
+    "format",
+    None,
+    "import: the release's layout (moco, moco_v3, simsiam, dino, mae, torchvision, timm); "
+    "export: torchvision or timm for a PyTorch state dict (default: Flax msgpack).",
+)
+_FROM = flags.DEFINE_string("from", None, "import: the released checkpoint (.pth, .safetensors).")
 
-COMMANDS = ("pretrain", "eval", "reconstruct", "export", "list")
+COMMANDS = ("pretrain", "eval", "reconstruct", "export", "import", "list")
 _EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR
 
 
@@ -122,8 +132,10 @@ def _main(argv: list[str]) -> None:
         return
     if not _WORKDIR.value:
         _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
-    if commands[0] == "pretrain" and _CONFIG.value is None:
-        _fail("pretrain needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
+    if commands[0] in ("pretrain", "import") and _CONFIG.value is None:
+        _fail(f"{commands[0]} needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
+    if commands[0] == "import" and not (_FROM.value and _FORMAT.value):
+        _fail("import needs --from=FILE and --format=NAME (e.g. --format=dino).", _EXIT_BAD_INPUT)
     from ssl_jax import parallel, paths
 
     problem = paths.workdir_problem(_WORKDIR.value)
@@ -154,7 +166,15 @@ def _main(argv: list[str]) -> None:
         elif command == "export":
             from ssl_jax import export
 
-            print(f"Wrote {export.export_backbone(workdir, _OUT.value)}")
+            if _FORMAT.value and _FORMAT.value != "msgpack":
+                print(f"Wrote {export.export_torch(workdir, _FORMAT.value, _OUT.value)}")
+            else:
+                print(f"Wrote {export.export_backbone(workdir, _OUT.value)}")
+        elif command == "import":
+            from ssl_jax.weights import importer
+
+            record = importer.import_checkpoint(_FROM.value, _FORMAT.value, config, workdir)
+            print(importer.summary(record, workdir))
         else:
             from ssl_jax.evaluate import reconstruct
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from ssl_jax import catalog
+from ssl_jax import catalog, config_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,14 +14,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(name: str, preset: str = "smoke", **overrides):
     """configs/<name>.py:<preset>, unlocked overrides applied, then locked again."""
     config = catalog.load_config(name, preset, os.path.join(ROOT, "configs"))
-    with config.unlocked():
-        for dotted, value in overrides.items():
-            *parents, leaf = dotted.split("__")
-            node = config
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return config_base.with_values(config, {k.replace("__", "."): v for k, v in overrides.items()})
+
+
+def finished_smoke_run(tmp_path_factory, name: str = "moco_v2", steps: int = 2):
+    """``(config, workdir)`` of a short smoke pretraining without evaluations."""
+    from ssl_jax import train
+
+    config = load_config(
+        name, schedule__total_steps=steps, evals__at_end=False, evals__knn_every_steps=0
+    )
+    workdir = str(tmp_path_factory.mktemp(name) / "run")
+    train.pretrain(config, workdir)
+    return config, workdir
 
 
 @functools.cache

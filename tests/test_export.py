@@ -4,19 +4,14 @@ import flax.serialization
 import jax
 import numpy as np
 import pytest
-from helpers import load_config, run_ssl_jax
+from helpers import finished_smoke_run, run_ssl_jax
 
 from ssl_jax import export, train
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    config = load_config(
-        "moco_v2", schedule__total_steps=2, evals__at_end=False, evals__knn_every_steps=0
-    )
-    workdir = str(tmp_path_factory.mktemp("export") / "run")
-    train.pretrain(config, workdir)
-    return config, workdir
+    return finished_smoke_run(tmp_path_factory)
 
 
 def test_exported_backbone_loads_with_flax_alone_and_embeds_like_the_run(finished_run, tmp_path):

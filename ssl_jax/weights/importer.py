@@ -1,0 +1,259 @@
+"""`ssl-jax import`: a released checkpoint -> an ssl_jax workdir (config.json + step 0).
+
+The workdir is an ordinary run directory, so ``ssl-jax eval``, ``ssl-jax export``,
+``supervised.init_from=W`` and ``ssl-jax pretrain`` (continued pretraining) work on it.
+
+1. The file is read (``tensor_files``) and split into its networks (``formats``).
+2. The architecture is read off the shapes and set in the ``--config`` preset's model:
+   the backbone name and stem of a ResNet; a ViT's size, patch size, and position
+   embedding: ``sincos`` when the file's table equals ssl_jax's MoCo v3 table, else
+   ``learned`` holding the file's values (MAE's sin-cos table orders its halves the other
+   way; DINO's is learned), resized to the preset's grid when it differs. ViT heads are not
+   in the shapes: ``model.vit.num_heads`` if set, else the release's (MoCo v3 ViT-S: 12),
+   else the registry's.
+3. The preset's train state is initialised as for pretraining; the file's networks replace
+   their counterparts in it. The backbone always; heads, predictor, momentum encoder /
+   teacher, MoCo's queue and DINO's center only when the preset's method is the release's
+   (then the heads' sizes must be the preset's: a mismatch is named). A momentum encoder or
+   teacher the file lacks starts as the imported online network, as the method's own init
+   does. The rest keeps its fresh init, and ``import.json`` lists which parts came from the
+   file and which did not.
+4. ``config.json`` and the checkpoint at step 0 are written only once all of this
+   succeeded; a workdir that already holds a run is refused.
+
+Continued pretraining starts from step 0 of the preset's schedule with a fresh optimizer
+state (the releases' optimizer states are not imported).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssl_jax import config_base, paths
+from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, check_and_save_config
+from ssl_jax.models import VITS
+from ssl_jax.models.vit import interpolate_pos_embed, sincos_pos_embed
+from ssl_jax.weights import formats, tensor_files
+from ssl_jax.weights.torch_layout import LayoutError, from_torch, infer_resnet, infer_vit
+
+IMPORT_RECORD = "import.json"
+_SINCOS_TOLERANCE = 1e-5
+
+
+def _model_settings(release: formats.Release, fmt: str, config) -> dict[str, Any]:
+    """The ``config`` keys (dotted) that the file's backbone decides, with their values."""
+    backbone = release.online.get("backbone") or release.target["backbone"]
+    if release.backbone_kind == "resnet":
+        found = infer_resnet(backbone, "backbone")
+        return {"model.backbone": found["backbone"], "model.stem": found["stem"]}
+    found = infer_vit(backbone, "backbone")
+    name, patch = found["backbone"], found["patch_size"]
+    settings = {"model.backbone": name, "model.vit.patch_size": patch}
+    if not config.model.vit.num_heads:
+        heads = formats.DEFAULT_HEADS.get(fmt, {}).get(name)
+        if heads:
+            settings["model.vit.num_heads"] = heads
+    if "fc_norm.weight" in backbone:
+        settings["model.vit.pool"] = "gap"
+    if "pos_embed" in backbone:
+        table = np.asarray(backbone["pos_embed"]).reshape(-1, VITS[name][0])
+        side = int(round((table.shape[0] - 1) ** 0.5))
+        ours = sincos_pos_embed(VITS[name][0], side, side)
+        same = table.shape == ours.shape and np.abs(table - ours).max() < _SINCOS_TOLERANCE
+        settings["model.vit.pos_embed"] = "sincos" if same else "learned"
+    return settings
+
+
+def _fit_pos_embed(network: dict, template_params: Any) -> dict:
+    """The file's position embedding resized to the template's grid (or dropped for a
+    sin-cos model, which computes the same table)."""
+    if "pos_embed" not in network:
+        return network
+    network = dict(network)
+    table = np.asarray(network.pop("pos_embed"))
+    target = template_params.get("pos_embed")
+    if target is None:
+        return network
+    table = table.reshape(table.shape[-2:])
+    if table.shape != target.shape:
+        side = int(round((target.shape[0] - 1) ** 0.5))
+        table = np.asarray(interpolate_pos_embed(table, (side, side)))
+    network["pos_embed"] = table[None]
+    return network
+
+
+def _fixed_gain(network: dict, template: Any) -> dict:
+    """DINO's ``norm_last_layer``: the weight-norm gain ``last_layer.weight_g`` is fixed at
+    1, which ssl_jax's DINOHead does not store; a file whose gain is not 1 needs
+    ``dino.norm_last_layer=False``."""
+    gain = network.get("last_layer.weight_g")
+    if gain is None or "scale" in template["last_layer"]:
+        return network
+    if not np.allclose(gain, 1.0):
+        raise LayoutError(
+            "the head's last_layer.weight_g is not 1 (trained with --norm_last_layer "
+            "false): set --config.dino.norm_last_layer=False."
+        )
+    return {k: v for k, v in network.items() if k != "last_layer.weight_g"}
+
+
+def _fc_norm_as_norm(network: dict) -> dict:
+    """timm's global-pool ViT normalises the mean token with ``fc_norm`` (its ``norm`` is
+    an identity): ssl_jax's ``pool='gap'`` uses ``norm`` for that."""
+    if "fc_norm.weight" not in network:
+        return network
+    return {(k[len("fc_") :] if k.startswith("fc_norm.") else k): v for k, v in network.items()}
+
+
+def _place(
+    release: formats.Release, state: Any, same_method: bool
+) -> tuple[Any, list[str], list[str]]:
+    """``state`` (NumPy trees) with the file's networks in place; ``(state, loaded,
+    fresh)``, the last two naming the parts."""
+    params, stats = dict(state.params), dict(state.batch_stats)
+    extra = dict(state.extra)
+    loaded, fresh = [], []
+
+    def put(network: dict, name: str, params_tree: dict, stats_tree: dict, where: str):
+        kind = release.backbone_kind if name == "backbone" else "mlp"
+        if name == "head" and "last_layer" in params_tree.get(name, {}):
+            kind = "dino_head"
+            network = _fixed_gain(network, params_tree[name])
+        if name == "backbone" and kind == "vit":
+            network = _fit_pos_embed(_fc_norm_as_norm(network), params_tree[name])
+        new_params, new_stats = from_torch(
+            network,
+            params_tree[name],
+            stats_tree.get(name, {}),
+            kind,
+            what=f"{where} {name}",
+        )
+        params_tree[name] = new_params
+        if new_stats or name in stats_tree:
+            stats_tree[name] = new_stats
+        loaded.append(f"{where} {name}")
+
+    online = (
+        release.online
+        if release.online.get("backbone")
+        else {"backbone": release.target["backbone"]}
+    )
+    for name in ("backbone", "head", "predictor"):
+        network = online.get(name)
+        if name not in params:
+            continue
+        if network and (name == "backbone" or same_method):
+            put(network, name, params, stats, "online")
+        else:
+            fresh.append(f"online {name}")
+    if "target_params" in extra:
+        t_params, t_stats = dict(extra["target_params"]), dict(extra["target_batch_stats"])
+        for name in ("backbone", "head", "predictor"):
+            if name not in t_params:
+                continue
+            network = (release.target.get(name) if same_method else None) or (
+                online.get(name) if name == "backbone" or same_method else None
+            )
+            if network:
+                put(network, name, t_params, t_stats, "target")
+            elif name in params and f"online {name}" not in fresh:
+                t_params[name] = params[name]  # the method's init: a copy of the online one
+                if name in stats:
+                    t_stats[name] = stats[name]
+                loaded.append(f"target {name} (= online)")
+            else:
+                fresh.append(f"target {name}")
+        extra["target_params"], extra["target_batch_stats"] = t_params, t_stats
+    for name, value in release.arrays.items() if same_method else ():
+        if name not in extra:
+            continue
+        if np.shape(extra[name]) != np.shape(value):
+            raise LayoutError(
+                f"the file's {name} has shape {np.shape(value)}, the config's "
+                f"{np.shape(extra[name])} (set the config's size to the file's)."
+            )
+        extra[name] = np.asarray(value, np.asarray(extra[name]).dtype)
+        loaded.append(name)
+    state = state.replace(params=params, batch_stats=stats, extra=extra)
+    return state, loaded, fresh
+
+
+def _refuse_existing(workdir: str) -> None:
+    checkpoints = paths.join(workdir, "checkpoints")
+    if paths.exists(paths.join(workdir, CONFIG_FILE)) or (
+        paths.isdir(checkpoints) and paths.listdir(checkpoints)
+    ):
+        raise ValueError(f"{workdir} already holds a run; import into a new --workdir.")
+
+
+def import_checkpoint(
+    path: str, fmt: str, config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+    """Writes ``workdir`` from the released checkpoint at ``path`` (see the module
+    docstring) and returns the import record."""
+    from ssl_jax import parallel, train
+
+    _refuse_existing(workdir)
+    contents, _ = tensor_files.read(path)
+    release = formats.read_release(fmt, contents, path)
+    try:
+        settings = _model_settings(release, fmt, config)
+        config = config_base.with_values(config, settings)
+        mesh = parallel.make_mesh()
+        setup = train.build(config, mesh)
+        with jax.set_mesh(mesh):
+            state = setup.init(train.keys(config)[0])
+        host = jax.tree.map(np.asarray, jax.device_get(state))
+        same_method = config.method == release.method
+        host, loaded, fresh = _place(release, host, same_method)
+    except LayoutError as e:
+        hint = (
+            " (set the config's model.head / model.predictor sizes to the file's)"
+            if "head does not fit" in str(e) or "predictor does not fit" in str(e)
+            else ""
+        )
+        raise LayoutError(f"{path} (--format={fmt}): {e}{hint}") from None
+    left_out = list(release.left_out)
+    if not same_method:
+        left_out.append(
+            f"everything but the backbone: the file holds a {release.method} run, the "
+            f"config's method is {config.method}"
+        )
+    check_and_save_config(config, workdir, total_steps=setup.total_steps)
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(0, parallel.replicate(host, mesh), force=True)
+    ckpt.wait()
+    ckpt.close()
+    record = {
+        "file": path,
+        "format": fmt,
+        "method": config.method,
+        "config_overrides": [f"--config.{k}={v}" for k, v in settings.items()],
+        "from_the_file": loaded,
+        "fresh_init": fresh,
+        "not_imported": left_out,
+    }
+    if jax.process_index() == 0:
+        paths.write_text(paths.join(workdir, IMPORT_RECORD), json.dumps(record, indent=2))
+    return record
+
+
+def summary(record: dict[str, Any], workdir: str) -> str:
+    """What ``ssl-jax import`` prints: where the run is and what it holds."""
+    lines = [f"Imported {record['file']} ({record['format']}) into {workdir}"]
+    lines.append("  from the file: " + (", ".join(record["from_the_file"]) or "nothing"))
+    if record["fresh_init"]:
+        lines.append("  fresh init: " + ", ".join(record["fresh_init"]))
+    for item in record["not_imported"]:
+        lines.append(f"  not imported: {item}")
+    if record["config_overrides"]:
+        lines.append(
+            "  continued pretraining: ssl-jax pretrain with the same --config and "
+            + " ".join(record["config_overrides"])
+        )
+    return "\n".join(lines)
