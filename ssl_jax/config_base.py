@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
         # ViT backbones (vit_tiny/small/base/large); ignored by ResNets.
         vit=dict(
             patch_size=16,
-            pos_embed="sincos",  # fixed 2-D sin-cos (MoCo v3, MAE) or "learned" (DINO)
+            pos_embed="sincos",  # fixed 2-D sin-cos (MoCo v3's; "sincos_mae": MAE's) or "learned"
             drop_path=0.0,  # stochastic depth at the last block, linear in depth
             frozen_patch_embed=False,  # MoCo v3's random, frozen patch projection
             pool="cls",  # features for evaluation: class token or "gap" of patch tokens

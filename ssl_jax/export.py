@@ -80,7 +80,7 @@ def load_exported(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]
 def export_torch(workdir: str, fmt: str, out_path: str) -> str:
     """Writes ``workdir``'s encoder as a ``fmt`` PyTorch state dict to ``out_path``
     (``.safetensors`` or ``.pth``); returns the path."""
-    from ssl_jax.models.vit import sincos_pos_embed
+    from ssl_jax.models.vit import SINCOS_LAYOUTS, sincos_pos_embed
     from ssl_jax.weights import tensor_files, torch_layout
 
     if fmt not in TORCH_FORMATS:
@@ -102,7 +102,8 @@ def export_torch(workdir: str, fmt: str, out_path: str) -> str:
         if "pos_embed" not in state_dict:
             grid = image_size // int(vit["patch_size"])
             width = models.VITS[backbone][0]
-            state_dict["pos_embed"] = sincos_pos_embed(width, grid, grid)[None]
+            layout = SINCOS_LAYOUTS[vit["pos_embed"]]
+            state_dict["pos_embed"] = sincos_pos_embed(width, grid, grid, layout=layout)[None]
         if vit["pool"] == "gap":
             state_dict = {
                 ("fc_" + k if k.startswith("norm.") else k): v for k, v in state_dict.items()

@@ -332,4 +332,4 @@ def test_make_backbone_rejects_bad_vit_options(key, value, match):
 
 def test_unknown_backbone_lists_resnets_and_vits():
     with pytest.raises(ValueError, match=r"resnet50.*vit_small"):
-        make_backbone(vit_config("vit_huge"))
+        make_backbone(vit_config("vit_giant"))

@@ -13,7 +13,8 @@ import torch  # the README's test command installs it (requirements-torch.txt)
 import torch_nets
 from helpers import finished_smoke_run, load_config, run_ssl_jax  # noqa: E402
 
-from ssl_jax import config_base, export, methods, pretrained, train  # noqa: E402
+from ssl_jax import config_base, export, losses, methods, pretrained, train  # noqa: E402
+from ssl_jax.models import mae as mae_model  # noqa: E402
 from ssl_jax.models.vit import sincos_pos_embed  # noqa: E402
 from ssl_jax.weights import importer, tensor_files  # noqa: E402
 
@@ -117,13 +118,17 @@ def _release(fmt, config):
             "dino_loss": {"center": torch.from_numpy(center)},
         }
         return contents, online, target, {"center": center[0]}
-    if fmt == "mae":
-        ours = sincos_pos_embed(32, 4, 4)
-        mae_table = np.concatenate([ours[:, 16:], ours[:, :16]], 1)  # MAE: column half first
-        backbone = _vit(mae_table)
-        decoder = {"mask_token": torch.zeros(1, 1, 16), "decoder_embed.weight": torch.zeros(16, 32)}
-        contents = {"model": {**_sd(backbone), **decoder}}
-        return contents, {"backbone": backbone}, None, {}
+    if fmt == "mae":  # a full checkpoint (mae_visualize_vit_*.pth): encoder and decoder
+        m = config.mae
+        net = torch_nets.MaskedAutoencoder(
+            32, 2, 2, 4, SIDE, m.decoder_width, m.decoder_depth, m.decoder_heads
+        )
+        torch_nets.randomise(net)
+        for name in ("pos_embed", "decoder_pos_embed"):  # fixed tables, not random
+            getattr(net, name).data = torch.from_numpy(
+                torch_nets.mae_sincos_table(getattr(net, name).shape[-1], SIDE // 4)
+            )[None]
+        return {"model": _sd(net)}, {"backbone": net}, None, {}
     raise AssertionError(fmt)
 
 
@@ -191,10 +196,46 @@ def test_a_release_imports_with_every_network_it_holds(fmt, config_name, preset,
     assert json.load(open(os.path.join(workdir, importer.IMPORT_RECORD))) == record
     assert record["fresh_init"] == []
     if fmt == "mae":
-        assert saved.model.vit.pos_embed == "learned"  # MAE's table is not MoCo v3's layout
-        assert "decoder" in record["not_imported"][0]
+        assert saved.model.vit.pos_embed == "sincos_mae"  # recognised: fixed, not learned
+        assert "decoder" in record["from_the_file"]
     if preset == "smoke_vit" and fmt == "moco_v3":
         assert saved.model.vit.pos_embed == "sincos"
+
+
+def test_an_imported_mae_checkpoint_gives_the_pytorch_loss_for_the_same_noise(tmp_path):
+    """MAE's full forward (encoder on the visible patches, decoder, norm-pix loss) from an
+    imported full checkpoint against models_mae.py's forward with the same mask noise; the
+    encoder-only release (mae_pretrain_vit_*.pth) imports with a fresh decoder."""
+    config = load_config("mae")
+    contents, online, *_ = _release("mae", config)
+    path = str(tmp_path / "mae_visualize_vit_micro.pth")
+    torch.save(contents, path)
+    importer.import_checkpoint(path, "mae", config, str(tmp_path / "full"))
+    saved = ml_collections.ConfigDict(pretrained.source_config(str(tmp_path / "full")))
+    trees, _ = pretrained.read_latest(str(tmp_path / "full"), ["params"])
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(3, SIDE, SIDE, 3)).astype(np.float32)
+    noise = rng.uniform(size=(3, (SIDE // 4) ** 2)).astype(np.float32)
+    with torch.no_grad():
+        want = float(
+            online["backbone"].loss(
+                torch.from_numpy(images).permute(0, 3, 1, 2),
+                torch.from_numpy(noise),
+                config.mae.mask_ratio,
+            )
+        )
+    model = methods.get_method("mae").make_model(saved)
+    out = model.apply({"params": trees["params"]}, images, train=False, noise=noise)
+    target = losses.normalize_patches(mae_model.patchify(images, 4))
+    got = float(losses.masked_patch_mse(out["pred"], target, out["mask"]))
+    assert abs(got - want) < RTOL * abs(want)
+
+    encoder_only = {"model": {k: v for k, v in contents["model"].items() if "decoder" not in k}}
+    del encoder_only["model"]["mask_token"]
+    torch.save(encoder_only, path)
+    record = importer.import_checkpoint(path, "mae", config, str(tmp_path / "encoder"))
+    assert record["from_the_file"] == ["online backbone"]
+    assert record["fresh_init"] == ["decoder"]
 
 
 def test_a_backbone_into_another_method_and_a_dino_backbone_file(tmp_path):

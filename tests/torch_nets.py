@@ -248,3 +248,74 @@ class DINOHead(nn.Module):
 
     def forward(self, x):
         return self.last_layer(nn.functional.normalize(self.mlp(x), dim=-1))
+
+
+def mae_sincos_table(width, grid):
+    """models_mae.py's ``get_2d_sincos_pos_embed(width, grid, cls_token=True)``, as its
+    util/pos_embed.py computes it: ``np.meshgrid(grid_w, grid_h)``, the first half of the
+    channels from ``grid[0]`` (the column), each half ``[sin, cos]``."""
+    import numpy as np
+
+    def one_dim(dim, pos):
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    coords = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
+    coords = np.stack(coords, axis=0).reshape(2, 1, grid, grid)
+    table = np.concatenate([one_dim(width // 2, coords[0]), one_dim(width // 2, coords[1])], 1)
+    return np.concatenate([np.zeros((1, width)), table]).astype(np.float32)
+
+
+class MaskedAutoencoder(VisionTransformer):
+    """models_mae.py ``MaskedAutoencoderViT`` with its key names: the timm encoder above
+    (fixed sin-cos ``pos_embed``), ``mask_token``, ``decoder_embed``, a fixed
+    ``decoder_pos_embed``, ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``.
+    ``forward`` stays the encoder's features; ``loss`` is ``forward_loss`` of
+    ``forward_encoder`` / ``forward_decoder`` with the given noise (``norm_pix_loss``)."""
+
+    def __init__(self, dim, depth, heads, patch, image_size, dec_dim, dec_depth, dec_heads):
+        super().__init__(dim, depth, heads, patch, image_size)
+        grid = image_size // patch
+        self.patch = patch
+        self.pos_embed = nn.Parameter(
+            torch.from_numpy(mae_sincos_table(dim, grid))[None], requires_grad=False
+        )
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
+        self.decoder_embed = nn.Linear(dim, dec_dim)
+        self.decoder_pos_embed = nn.Parameter(
+            torch.from_numpy(mae_sincos_table(dec_dim, grid))[None], requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList([Block(dec_dim, dec_heads) for _ in range(dec_depth)])
+        self.decoder_norm = nn.LayerNorm(dec_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(dec_dim, patch**2 * 3)
+
+    def loss(self, imgs, noise, mask_ratio):
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        n, length, dim = x.shape
+        keep = int(length * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        x = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).repeat(1, 1, dim))
+        mask = torch.ones([n, length])
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+        latent = self.norm(self.blocks(torch.cat([cls, x], dim=1)))
+
+        y = self.decoder_embed(latent)
+        tokens = self.mask_token.repeat(n, ids_restore.shape[1] + 1 - y.shape[1], 1)
+        tokens = torch.cat([y[:, 1:, :], tokens], dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).repeat(1, 1, y.shape[2]))
+        y = torch.cat([y[:, :1, :], tokens], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            y = block(y)
+        pred = self.decoder_pred(self.decoder_norm(y))[:, 1:, :]
+
+        p, h = self.patch, imgs.shape[2] // self.patch
+        target = imgs.reshape(n, 3, h, p, h, p)
+        target = torch.einsum("nchpwq->nhwpqc", target).reshape(n, h * h, p * p * 3)
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+        per_patch = ((pred - target) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()

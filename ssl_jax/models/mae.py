@@ -37,7 +37,8 @@ Deliberate differences:
   ``vit.Block``). Both are small changes of scale at init.
 - The sin-cos tables come from ``vit.sincos_pos_embed`` (MoCo v3's), which puts the row
   half first; MAE's ``get_2d_sincos_pos_embed`` puts the column half first (same
-  frequencies). Only matters when loading MAE's released weights.
+  frequencies). ``model.vit.pos_embed="sincos_mae"`` uses MAE's layout in the encoder and
+  the decoder (``ssl-jax import --format=mae`` sets it: MAE's weights need it).
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ class MAE(nn.Module):
         tokens = jnp.concatenate([y[:, 1:], masked], axis=1)  # [B, N, Dd], shuffled order
         tokens = jnp.take_along_axis(tokens, ids_restore[..., None], axis=1)  # unshuffle
         y = jnp.concatenate([y[:, :1], tokens], axis=1)  # [B, 1+N, Dd]
-        pos = vit_lib.sincos_pos_embed(self.decoder_width, *grid)  # [1+N, Dd], fixed
+        # Fixed; in MAE's own layout when the encoder uses it (imported MAE weights).
+        layout = "mae" if self.backbone.pos_embed == "sincos_mae" else "moco_v3"
+        pos = vit_lib.sincos_pos_embed(self.decoder_width, *grid, layout=layout)  # [1+N, Dd]
         y = y + jnp.asarray(pos).astype(self.dtype)
         for block in self.decoder_blocks:
             y, _ = block(y, train)

@@ -19,7 +19,10 @@ Position embeddings (``pos_embed``):
   ``[sin(r w), cos(r w), sin(c w), cos(c w)]`` with ``w_k = 10000^(-k / (D/4))``: MoCo v3's
   ``torch.meshgrid(grid_w, grid_h)`` ('ij' indexing) puts the slow (row) index in the first
   half. MAE's ``get_2d_sincos_pos_embed`` has the same frequencies with the halves swapped
-  (column first); that only matters when loading MAE weights.
+  (column first).
+- ``"sincos_mae"``: that MAE layout, ``[sin(c w), cos(c w), sin(r w), cos(r w)]``; what
+  MAE's released weights were trained with (``ssl-jax import`` picks it for them), and then
+  also the MAE decoder's table (``models/mae.py``).
 - ``"learned"``: DINO's parameter ``[1 + N, D]`` for the ``image_size`` grid, trunc-normal
   std 0.02; another grid (DINO's 96-px local crops) gets the patch part resized bicubically
   like DINO's ``interpolate_pos_encoding``.
@@ -78,8 +81,10 @@ VITS: dict[str, tuple[int, int, int]] = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
     "vit_large": (1024, 24, 16),
+    "vit_huge": (1280, 32, 16),  # MAE's ViT-H/14
 }
-POS_EMBEDS = ("sincos", "learned")
+POS_EMBEDS = ("sincos", "sincos_mae", "learned")
+SINCOS_LAYOUTS = {"sincos": "moco_v3", "sincos_mae": "mae"}
 POOLS = ("cls", "gap")
 LN_EPSILON = 1e-6
 
@@ -102,17 +107,21 @@ def qkv_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.flo
 
 
 def sincos_pos_embed(
-    width: int, grid_h: int, grid_w: int, temperature: float = 10000.0
+    width: int, grid_h: int, grid_w: int, temperature: float = 10000.0, layout: str = "moco_v3"
 ) -> np.ndarray:
     """MoCo v3's fixed 2-D sin-cos embedding ``[1 + grid_h * grid_w, width]`` (class token
-    row zero); token ``r * grid_w + c`` encodes the row ``r`` in the first half."""
+    row zero); token ``r * grid_w + c`` encodes the row ``r`` in the first half, or, with
+    ``layout="mae"``, the column ``c`` (MAE's ``get_2d_sincos_pos_embed``)."""
     if width % 4:
         raise ValueError(f"sin-cos position embedding needs width % 4 == 0, got width={width}.")
     omega = 1.0 / temperature ** (np.arange(width // 4, dtype=np.float64) / (width // 4))
     rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
     out_r = np.outer(rows.reshape(-1), omega)  # [N, D/4]
     out_c = np.outer(cols.reshape(-1), omega)  # [N, D/4]
-    patch = np.concatenate([np.sin(out_r), np.cos(out_r), np.sin(out_c), np.cos(out_c)], 1)
+    row_half, col_half = [np.sin(out_r), np.cos(out_r)], [np.sin(out_c), np.cos(out_c)]
+    if layout not in ("moco_v3", "mae"):
+        raise ValueError(f"Unknown sin-cos layout {layout!r}; valid: 'moco_v3', 'mae'.")
+    patch = np.concatenate(row_half + col_half if layout == "moco_v3" else col_half + row_half, 1)
     return np.concatenate([np.zeros((1, width)), patch]).astype(np.float32)  # [1+N, D]
 
 
@@ -259,7 +268,8 @@ class ViT(nn.Module):
       patch_size: side of the square patches; must divide the input's height and width.
       image_size: training resolution; sizes the ``"learned"`` position-embedding grid.
       mlp_ratio: MLP hidden width / D.
-      pos_embed: ``"sincos"`` (fixed, any grid) or ``"learned"`` (interpolated to the grid).
+      pos_embed: ``"sincos"`` / ``"sincos_mae"`` (fixed, any grid; MoCo v3's or MAE's
+        layout) or ``"learned"`` (interpolated to the grid).
       drop_path: stochastic-depth rate of the last block (linear from 0 at the first).
       frozen_patch_embed: stop the gradient to the ``patch_embed`` params (MoCo v3).
       pool: ``"cls"`` (class token after the final norm) or ``"gap"`` (final norm of the
@@ -292,7 +302,7 @@ class ViT(nn.Module):
             raise ValueError(f"ViT depth={self.depth} must be >= 1.")
         if self.width % self.heads:
             raise ValueError(f"ViT width={self.width} is not divisible by heads={self.heads}.")
-        if self.pos_embed == "sincos" and self.width % 4:
+        if self.pos_embed in SINCOS_LAYOUTS and self.width % 4:
             raise ValueError(f"sin-cos pos_embed needs width % 4 == 0, got width={self.width}.")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"ViT drop_path={self.drop_path} must be in [0, 1).")
@@ -386,6 +396,7 @@ class ViT(nn.Module):
         return x
 
     def _position_embedding(self, grid: tuple[int, int]) -> jnp.ndarray:
-        if self.pos_embed == "sincos":
-            return jnp.asarray(sincos_pos_embed(self.width, *grid))  # [1+N, D]
+        if self.pos_embed in SINCOS_LAYOUTS:
+            table = sincos_pos_embed(self.width, *grid, layout=SINCOS_LAYOUTS[self.pos_embed])
+            return jnp.asarray(table)  # [1+N, D]
         return interpolate_pos_embed(self.learned_pos_embed, grid)  # [1+N, D]

@@ -186,15 +186,17 @@ def read_dino(contents: dict) -> Release:
 
 def read_mae(contents: dict) -> Release:
     state = _without_module(_entry(contents, ("model", "state_dict"), "MAE"))
-    decoder = sorted(k for k in state if k.startswith("decoder_") or k == "mask_token")
+    decoder_keys = [k for k in state if k.startswith("decoder_") or k == "mask_token"]
+    decoder = {k: state[k] for k in decoder_keys}
     encoder = {k: v for k, v in state.items() if k not in decoder}
     encoder, _ = _split_classifier(encoder, "head")
-    left_out = (
-        [f"the decoder ({len(decoder)} tensors: ssl_jax imports MAE encoders only)"]
-        if decoder
-        else []
-    )
-    return Release("vit", "mae", online={"backbone": encoder}, left_out=left_out)
+    online = {"backbone": encoder}
+    arrays = {}
+    if decoder:
+        # A fixed table (requires_grad=False in models_mae.py): checked, not imported.
+        arrays["decoder_pos_embed"] = decoder.pop("decoder_pos_embed", None)
+        online["decoder"] = decoder
+    return Release("vit", "mae", online=online, arrays=arrays)
 
 
 def _plain(classifier: str, contents: dict) -> Release:

@@ -6,14 +6,15 @@ The workdir is an ordinary run directory, so ``ssl-jax eval``, ``ssl-jax export`
 1. The file is read (``tensor_files``) and split into its networks (``formats``).
 2. The architecture is read off the shapes and set in the ``--config`` preset's model:
    the backbone name and stem of a ResNet; a ViT's size, patch size, and position
-   embedding: ``sincos`` when the file's table equals ssl_jax's MoCo v3 table, else
-   ``learned`` holding the file's values (MAE's sin-cos table orders its halves the other
-   way; DINO's is learned), resized to the preset's grid when it differs. ViT heads are not
+   embedding: ``sincos`` / ``sincos_mae`` when the file's table equals the MoCo v3 / MAE
+   sin-cos table ssl_jax computes, else ``learned`` holding the file's values (DINO's),
+   resized to the preset's grid when it differs. ViT heads are not
    in the shapes: ``model.vit.num_heads`` if set, else the release's (MoCo v3 ViT-S: 12),
    else the registry's.
 3. The preset's train state is initialised as for pretraining; the file's networks replace
    their counterparts in it. The backbone always; heads, predictor, momentum encoder /
-   teacher, MoCo's queue and DINO's center only when the preset's method is the release's
+   teacher, MoCo's queue, DINO's center and MAE's decoder (whose fixed table must be the
+   encoder's layout) only when the preset's method is the release's
    (then the heads' sizes must be the preset's: a mismatch is named). A momentum encoder or
    teacher the file lacks starts as the imported online network, as the method's own init
    does. The rest keeps its fresh init, and ``import.json`` lists which parts came from the
@@ -37,7 +38,7 @@ import numpy as np
 from ssl_jax import config_base, paths
 from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, check_and_save_config
 from ssl_jax.models import VITS
-from ssl_jax.models.vit import interpolate_pos_embed, sincos_pos_embed
+from ssl_jax.models.vit import SINCOS_LAYOUTS, interpolate_pos_embed, sincos_pos_embed
 from ssl_jax.weights import formats, tensor_files
 from ssl_jax.weights.torch_layout import LayoutError, from_torch, infer_resnet, infer_vit
 
@@ -61,12 +62,31 @@ def _model_settings(release: formats.Release, fmt: str, config) -> dict[str, Any
     if "fc_norm.weight" in backbone:
         settings["model.vit.pool"] = "gap"
     if "pos_embed" in backbone:
-        table = np.asarray(backbone["pos_embed"]).reshape(-1, VITS[name][0])
-        side = int(round((table.shape[0] - 1) ** 0.5))
-        ours = sincos_pos_embed(VITS[name][0], side, side)
-        same = table.shape == ours.shape and np.abs(table - ours).max() < _SINCOS_TOLERANCE
-        settings["model.vit.pos_embed"] = "sincos" if same else "learned"
+        settings["model.vit.pos_embed"] = _pos_embed_kind(backbone["pos_embed"], VITS[name][0])
+    decoder_table = release.arrays.get("decoder_pos_embed")
+    if decoder_table is not None:
+        encoder = settings.get("model.vit.pos_embed", config.model.vit.pos_embed)
+        # ssl_jax's MAE decoder computes its table in the encoder's sin-cos layout.
+        expected = "sincos_mae" if encoder == "sincos_mae" else "sincos"
+        found = _pos_embed_kind(decoder_table, decoder_table.shape[-1])
+        if found != expected:
+            raise LayoutError(
+                f"decoder_pos_embed is {found!r} where the encoder's {encoder!r} table "
+                f"implies {expected!r}: ssl_jax's MAE decoder cannot hold it."
+            )
     return settings
+
+
+def _pos_embed_kind(table: np.ndarray, width: int) -> str:
+    """``model.vit.pos_embed`` for a file's table: a sin-cos layout ssl_jax computes
+    (MoCo v3's, MAE's), or ``learned`` (kept as a parameter)."""
+    table = np.asarray(table).reshape(-1, width)
+    side = int(round((table.shape[0] - 1) ** 0.5))
+    for kind, layout in SINCOS_LAYOUTS.items():
+        ours = sincos_pos_embed(width, side, side, layout=layout)
+        if table.shape == ours.shape and np.abs(table - ours).max() < _SINCOS_TOLERANCE:
+            return kind
+    return "learned"
 
 
 def _fit_pos_embed(network: dict, template_params: Any) -> dict:
@@ -151,6 +171,14 @@ def _place(
             put(network, name, params, stats, "online")
         else:
             fresh.append(f"online {name}")
+    if same_method and release.method == "mae":  # the decoder: every other parameter
+        if "decoder" in online:
+            template = {k: v for k, v in params.items() if k != "backbone"}
+            decoder, _ = from_torch(online["decoder"], template, {}, "vit", what="decoder")
+            params.update(decoder)
+            loaded.append("decoder")
+        else:
+            fresh.append("decoder")
     if "target_params" in extra:
         t_params, t_stats = dict(extra["target_params"]), dict(extra["target_batch_stats"])
         for name in ("backbone", "head", "predictor"):

@@ -5,7 +5,9 @@ One naming rule per network serves both directions (`to_torch`, `from_torch`):
 - ``"resnet"``: torchvision's ``resnet.py`` (``conv1``, ``bn1``, ``layer1.0.conv1``,
   ``layer1.0.downsample.0`` / ``.1``); the classifier ``fc`` is not part of the backbone.
 - ``"vit"``: timm's ``vision_transformer.py`` as MoCo v3, DINO and MAE use it
-  (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.0.attn.qkv``, ``norm``).
+  (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.0.attn.qkv``, ``norm``), and
+  MAE's decoder beside it (``mask_token``, ``decoder_embed``, ``decoder_blocks.0``,
+  ``decoder_norm``, ``decoder_pred``).
 - ``"mlp"``: an ``nn.Sequential`` of Linear (-> BatchNorm1d) -> activation layers, the
   projectors and predictors of MoCo v2/v3 and SimSiam: layer ``i`` of an ``MLPHead`` is
   Sequential index ``i * slots`` and its BN ``i * slots + 1``, where ``slots`` is 3 with
@@ -34,6 +36,7 @@ KINDS = ("resnet", "vit", "mlp", "dino_head")
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 _STAT_NAMES = {"mean": "running_mean", "var": "running_var"}
 _MAX_LISTED = 5
+_TOKENS = ("cls_token", "pos_embed", "mask_token")  # timm / MAE keep a leading batch axis
 
 
 class LayoutError(ValueError):
@@ -43,7 +46,7 @@ class LayoutError(ValueError):
 def _module_path(parts: list[str], kind: str, slots: int) -> list[str]:
     out = []
     for part in parts:
-        layer = re.fullmatch(r"(layer\d+|blocks)_(\d+)", part)
+        layer = re.fullmatch(r"(layer\d+|blocks|decoder_blocks)_(\d+)", part)
         dense_or_bn = re.fullmatch(r"(dense|bn)(\d+)", part)
         if layer:
             out += [layer[1], layer[2]]
@@ -75,7 +78,7 @@ def to_torch_tensor(path: str, value: np.ndarray) -> np.ndarray:
     """An ssl_jax leaf in PyTorch's layout (see the module docstring)."""
     value = np.asarray(value)
     leaf = path.rsplit("/", 1)[-1]
-    if leaf in ("cls_token", "pos_embed"):
+    if leaf in _TOKENS:
         return value[None]
     if value.ndim == 4:
         return value.transpose(3, 2, 0, 1)
@@ -88,7 +91,7 @@ def from_torch_tensor(path: str, value: np.ndarray) -> np.ndarray:
     """The inverse of `to_torch_tensor`."""
     value = np.asarray(value)
     leaf = path.rsplit("/", 1)[-1]
-    if leaf in ("cls_token", "pos_embed"):
+    if leaf in _TOKENS:
         return value.reshape(value.shape[-2:])
     if value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
