@@ -39,9 +39,11 @@ class Release:
 
     backbone_kind: ``'resnet'`` or ``'vit'``.
     method: the ssl_jax method whose train state holds every network the file has.
-    online / target: ``{'backbone', 'head', 'predictor'}`` state dicts (missing = absent);
-      ``target`` is the momentum encoder or teacher.
-    arrays: the method's other state, in ssl_jax's layout (``queue [K, D]``, ``center``).
+    online / target: ``{'backbone', 'head', 'predictor'}`` state dicts (missing = absent;
+      MAE's online network adds ``'decoder'``); ``target`` is the momentum encoder or
+      teacher.
+    arrays: the method's other state, in ssl_jax's layout (``queue [K, D]``, ``center``;
+      MAE's fixed ``decoder_pos_embed``, checked rather than imported).
     left_out: what the file holds that is not imported, by name, with the reason.
     """
 
@@ -226,6 +228,9 @@ def read_release(fmt: str, contents: dict, path: str) -> Release:
     if fmt not in FORMATS:
         raise LayoutError(f"unknown --format={fmt!r}; valid formats: {sorted(FORMATS)}.")
     try:
-        return FORMATS[fmt](contents)
+        release = FORMATS[fmt](contents)
     except LayoutError as e:
         raise LayoutError(f"{path} is not a {fmt!r} checkpoint: {e}") from None
+    if "optimizer" in contents:
+        release.left_out.append("the optimizer state (continued pretraining starts a fresh one)")
+    return release

@@ -59,8 +59,9 @@ def _model_settings(release: formats.Release, fmt: str, config) -> dict[str, Any
         heads = formats.DEFAULT_HEADS.get(fmt, {}).get(name)
         if heads:
             settings["model.vit.num_heads"] = heads
-    if "fc_norm.weight" in backbone:
-        settings["model.vit.pool"] = "gap"
+    # timm's global-pool ViTs (and MAE's fine-tuned ones) normalise the mean token with
+    # fc_norm; every other release pools the class token.
+    settings["model.vit.pool"] = "gap" if "fc_norm.weight" in backbone else "cls"
     if "pos_embed" in backbone:
         settings["model.vit.pos_embed"] = _pos_embed_kind(backbone["pos_embed"], VITS[name][0])
     decoder_table = release.arrays.get("decoder_pos_embed")
@@ -247,7 +248,8 @@ def import_checkpoint(
         )
         raise LayoutError(f"{path} (--format={fmt}): {e}{hint}") from None
     left_out = list(release.left_out)
-    if not same_method:
+    holds_more = set(release.online) - {"backbone"} or release.target or release.arrays
+    if not same_method and holds_more:
         left_out.append(
             f"everything but the backbone: the file holds a {release.method} run, the "
             f"config's method is {config.method}"

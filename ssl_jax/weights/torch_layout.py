@@ -65,6 +65,8 @@ def _module_path(parts: list[str], kind: str, slots: int) -> list[str]:
 def torch_key(path: str, kind: str, *, stat: bool = False, slots: int = 2) -> str:
     """The PyTorch key of the ssl_jax leaf at "/"-joined ``path`` (a BatchNorm statistic
     when ``stat``); ``slots``: Sequential entries per hidden layer (``"mlp"`` kinds)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown network kind {kind!r}; valid: {KINDS}.")
     *modules, leaf = path.split("/")
     if kind == "dino_head" and modules == ["last_layer"]:
         return {"kernel": "last_layer.weight_v", "scale": "last_layer.weight_g"}[leaf]
@@ -219,8 +221,8 @@ def infer_resnet(state_dict: dict[str, np.ndarray], what: str) -> dict[str, Any]
 
 
 def infer_vit(state_dict: dict[str, np.ndarray], what: str) -> dict[str, Any]:
-    """``{'backbone', 'patch_size', 'image_size', 'mlp_ratio'}`` of a timm-layout ViT (the
-    image size from the position embedding's grid)."""
+    """``{'backbone', 'patch_size', 'image_size'}`` of a timm-layout ViT (the image size
+    from the position embedding's grid; the MLP ratio must be ssl_jax's 4)."""
     if "patch_embed.proj.weight" not in state_dict:
         raise LayoutError(f"the {what} has no 'patch_embed.proj.weight': no timm ViT.")
     width, _, patch, _ = state_dict["patch_embed.proj.weight"].shape
