@@ -10,7 +10,9 @@ setup(
     name="ssl_jax",
     version="0.1.0",
     description="Self-supervised visual representation learning in JAX/Flax (MoCo, SimCLR, ...)",
-    packages=find_packages(include=["ssl_jax", "ssl_jax.*"]),
+    # configs/ ships inside the package as ssl_jax.configs (--config=moco_v2:digits).
+    packages=find_packages(include=["ssl_jax", "ssl_jax.*"]) + ["ssl_jax.configs"],
+    package_dir={"ssl_jax.configs": "configs"},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2,<0.13",

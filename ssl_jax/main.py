@@ -1,6 +1,7 @@
 """The `ssl-jax` command line.
 
     ssl-jax pretrain --config=configs/moco_v2.py:digits --workdir=/tmp/moco_digits
+    ssl-jax pretrain --config=moco_v2:digits --workdir=...  # a shipped config, any directory
     ssl-jax eval --workdir=/tmp/moco_digits            # kNN + linear probe of the latest checkpoint
     ssl-jax reconstruct --workdir=/tmp/mae_digits      # MAE: reconstruction.png of test images
     ssl-jax export --workdir=/tmp/moco_digits          # the encoder as one Flax msgpack file
@@ -133,7 +134,7 @@ def _main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
     if commands[0] in ("pretrain", "import") and _CONFIG.value is None:
-        _fail(f"{commands[0]} needs --config, e.g. configs/simclr.py:digits.", _EXIT_BAD_INPUT)
+        _fail(f"{commands[0]} needs --config, e.g. --config=simclr:digits.", _EXIT_BAD_INPUT)
     if commands[0] == "import" and not (_FROM.value and _FORMAT.value):
         _fail("import needs --from=FILE and --format=NAME (e.g. --format=dino).", _EXIT_BAD_INPUT)
     from ssl_jax import parallel, paths
@@ -227,6 +228,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         path = flag.partition("=")[2].split(":")[0]
         detail = str(e).strip().splitlines()[-1].rsplit("failure to load: ", 1)[-1]
         reason = "no such file" if not os.path.exists(path) else detail
+        if not os.path.exists(path) and "/" not in path and not path.endswith(".py"):
+            from ssl_jax.config_files import shipped_names
+
+            reason += f" and no shipped config of that name ({', '.join(shipped_names())})"
         message = f"flag {flag}: cannot load config file {path!r}: {reason}"
     except (AttributeError, KeyError) as e:
         # ml_collections looks each --config.<path> override up in the locked config.
@@ -264,8 +269,23 @@ def _unknown_key_message(error: BaseException, overrides: list[str]) -> str:
     return f"unknown config key {path!r} in {culprit}: the config has no {key!r}{hint}"
 
 
+def _with_config_paths(argv: list[str]) -> list[str]:
+    """``--config=moco_v2:digits`` (a shipped config by name) -> the file's path, in both
+    of absl's spellings (``--config=V`` and ``--config V``)."""
+    from ssl_jax.config_files import resolve_config_flag
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config_flag(arg[len("--config=") :])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config_flag(out[i + 1])
+    return out
+
+
 def run() -> None:
     """Console-script entry point."""
+    sys.argv = _with_config_paths(sys.argv)
     app.run(_main, flags_parser=parse_flags)
 
 

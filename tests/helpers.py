@@ -48,10 +48,12 @@ def smoke_config(method: str, **overrides):
     return load_config(max(names), **overrides)
 
 
-def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True, fast_compile: bool = True):
-    """Starts ``python -m ssl_jax.main *args`` with ``devices`` fake CPU devices; its
-    stderr goes to its stdout unless ``merge_stderr=False``. ``fast_compile=False`` drops
-    conftest's LLVM optimisation level 0: the code users run."""
+def ssl_jax_process(
+    *args, devices: int = 8, merge_stderr: bool = True, fast_compile: bool = True, cwd=ROOT
+):
+    """Starts ``python -m ssl_jax.main *args`` in ``cwd`` (the checkout) with ``devices``
+    fake CPU devices; its stderr goes to its stdout unless ``merge_stderr=False``.
+    ``fast_compile=False`` drops conftest's LLVM optimisation level 0: the code users run."""
     # This process's XLA flags (conftest's), with the device count replaced.
     dropped = ("--xla_force_host_platform_device_count",)
     if not fast_compile:
@@ -60,7 +62,7 @@ def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True, fast_com
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         [sys.executable, "-m", "ssl_jax.main", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
@@ -68,9 +70,9 @@ def ssl_jax_process(*args, devices: int = 8, merge_stderr: bool = True, fast_com
     )
 
 
-def run_ssl_jax(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs ``ssl-jax *args`` to the end; stdout and stderr kept apart."""
-    proc = ssl_jax_process(*args, merge_stderr=False)
+def run_ssl_jax(*args, timeout: float = 120, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Runs ``ssl-jax *args`` to the end in ``cwd``; stdout and stderr kept apart."""
+    proc = ssl_jax_process(*args, merge_stderr=False, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:

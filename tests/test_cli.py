@@ -19,8 +19,20 @@ from helpers import config_flags, run_ssl_jax
             "flag --config=configs/no_such.py:smoke: cannot load config file "
             "'configs/no_such.py': no such file",
         ),
+        (
+            ["pretrain", "--config=moco_v9:smoke"],
+            "cannot load config file 'moco_v9': no such file and no shipped config of that "
+            "name (byol, dino,",
+        ),
     ],
-    ids=["unknown_command", "no_command", "no_workdir", "no_config", "missing_config_file"],
+    ids=[
+        "unknown_command",
+        "no_command",
+        "no_workdir",
+        "no_config",
+        "missing_config_file",
+        "unknown_config_name",
+    ],
 )
 def test_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
     workdir = [f"--workdir={tmp_path / 'w'}"] if args[:1] == ["pretrain"] else []
@@ -92,3 +104,17 @@ def test_a_full_disk_is_one_line_with_status_74_and_keeps_the_last_checkpoint(sm
         "2",
         "4",
     ]
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path):
+    from ssl_jax import config_files
+
+    path = config_files.resolve_config_flag("moco_v2:digits")
+    assert path == os.path.join(config_files.CONFIGS_DIR, "moco_v2.py") + ":digits"
+    assert os.path.isfile(path.rsplit(":", 1)[0])
+    assert config_files.resolve_config_flag("moco_v2") == path.rsplit(":", 1)[0]
+    mine = tmp_path / "mine.py"
+    mine.write_text("")
+    for own in (str(mine) + ":x", "configs/moco_v2.py:digits", "nosuch:smoke"):
+        assert config_files.resolve_config_flag(own) == own  # paths and unknowns unchanged
+    assert "moco_v3" in config_files.shipped_names()

@@ -51,7 +51,14 @@ def test_list_and_export_commands(finished_run):
     _, workdir = finished_run
     listed = run_ssl_jax("list")
     assert listed.returncode == 0, listed.stderr
-    for expected in ("moco_v3", "resnet50", "vit_small", "npz:<path>", "configs/dino.py:"):
+    for expected in (
+        "moco_v3",
+        "resnet50",
+        "vit_small",
+        "npz:<path>",
+        "  dino: ",
+        "moco_v2:digits",
+    ):
         assert expected in listed.stdout
     exported = run_ssl_jax("export", f"--workdir={workdir}")
     assert exported.returncode == 0, exported.stderr

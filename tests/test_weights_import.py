@@ -386,8 +386,9 @@ def test_the_import_command_reports_what_it_loaded_and_refuses_a_used_workdir(tm
         "import",
         f"--from={path}",
         "--format=simsiam",
-        "--config=configs/simsiam.py:smoke",
+        "--config=simsiam:smoke",  # a shipped config by name, outside the checkout
         f"--workdir={workdir}",
+        cwd=str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
     assert "from the file: online backbone, online head, online predictor" in done.stdout
