@@ -7,7 +7,7 @@ import os
 import pytest
 from helpers import ROOT, config_flags, load_config, run_ssl_jax
 
-from ssl_jax import catalog, config_check, methods, parallel, train
+from ssl_jax import catalog, config_check, config_files, methods, parallel, train
 
 # (config file, overrides, the message's start): at least one per key group.
 BAD = [
@@ -96,7 +96,7 @@ def test_no_eval_no_eval_split_check():
 
 
 def _presets():
-    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+    names = config_files.shipped_names(os.path.join(ROOT, "configs"))
     return [(n, p) for n in names for p in catalog.config_module(n).PRESETS]
 
 
