@@ -80,7 +80,7 @@ def load_exported(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]
 def export_torch(workdir: str, fmt: str, out_path: str) -> str:
     """Writes ``workdir``'s encoder as a ``fmt`` PyTorch state dict to ``out_path``
     (``.safetensors`` or ``.pth``); returns the path."""
-    from ssl_jax.models.vit import SINCOS_LAYOUTS, sincos_pos_embed
+    from ssl_jax.models.pos_embed import SINCOS_LAYOUTS, sincos_pos_embed
     from ssl_jax.weights import tensor_files, torch_layout
 
     if fmt not in TORCH_FORMATS:

@@ -38,7 +38,7 @@ import numpy as np
 from ssl_jax import config_base, paths
 from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, check_and_save_config
 from ssl_jax.models import VITS
-from ssl_jax.models.vit import SINCOS_LAYOUTS, interpolate_pos_embed, sincos_pos_embed
+from ssl_jax.models.pos_embed import SINCOS_LAYOUTS, interpolate_pos_embed, sincos_pos_embed
 from ssl_jax.weights import formats, tensor_files
 from ssl_jax.weights.torch_layout import LayoutError, from_torch, infer_resnet, infer_vit
 
