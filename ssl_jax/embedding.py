@@ -55,12 +55,10 @@ def _from_workdir(workdir: str) -> _Loaded:
 
 
 def _from_msgpack(path: str) -> _Loaded:
-    import flax.serialization
-
     from ssl_jax import export
 
-    module, variables, _ = export.load_exported(path)
-    blob = flax.serialization.msgpack_restore(paths.read_bytes(path))
+    blob = export.read_export(path)
+    module, variables = export.module_and_variables(blob)
     if "mean" not in blob:
         raise ValueError(f"{path} records no input mean/std (exported before they were kept).")
     return _Loaded(module, variables, tuple(blob["mean"].tolist()), tuple(blob["std"].tolist()))
@@ -97,7 +95,7 @@ def _from_state_dict(path: str) -> _Loaded:
         model_cfg.vit.pos_embed = "learned"  # the file's table, whatever its layout
         if "fc_norm.weight" in network:
             model_cfg.vit.pool = "gap"
-            network = {k.replace("fc_norm.", "norm."): v for k, v in network.items()}
+            network = torch_layout.gap_norm(network, to_timm=False)
         image_size = found["image_size"] or image_size
     module = models.make_backbone(model_cfg, image_size=image_size)
     dummy = np.zeros((1, image_size, image_size, 3), np.float32)

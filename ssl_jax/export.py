@@ -63,17 +63,29 @@ def export_backbone(workdir: str, out_path: str | None = None) -> str:
     return out_path
 
 
-def load_exported(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """``(module, variables, source)`` of a file written by `export_backbone`."""
+def read_export(path: str) -> dict[str, Any]:
+    """The contents of a file written by `export_backbone`, checked to be one."""
     blob = flax.serialization.msgpack_restore(paths.read_bytes(path))
     missing = {"params", "batch_stats", "model", "image_size"} - set(blob)
     if missing:
         raise ValueError(f"{path} is no ssl-jax export: it lacks {sorted(missing)}.")
+    return blob
+
+
+def module_and_variables(blob: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The Linen backbone and its variables of a `read_export` blob."""
     model_cfg = ml_collections.ConfigDict(json.loads(blob["model"]))
     module = models.make_backbone(model_cfg, image_size=int(blob["image_size"]))
     variables = {"params": blob["params"]}
     if blob["batch_stats"]:
         variables["batch_stats"] = blob["batch_stats"]
+    return module, variables
+
+
+def load_exported(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """``(module, variables, source)`` of a file written by `export_backbone`."""
+    blob = read_export(path)
+    module, variables = module_and_variables(blob)
     return module, variables, json.loads(blob.get("source", "{}"))
 
 
@@ -105,9 +117,7 @@ def export_torch(workdir: str, fmt: str, out_path: str) -> str:
             layout = SINCOS_LAYOUTS[vit["pos_embed"]]
             state_dict["pos_embed"] = sincos_pos_embed(width, grid, grid, layout=layout)[None]
         if vit["pool"] == "gap":
-            state_dict = {
-                ("fc_" + k if k.startswith("norm.") else k): v for k, v in state_dict.items()
-            }
+            state_dict = torch_layout.gap_norm(state_dict, to_timm=True)
     metadata = {
         "format": fmt,
         "backbone": backbone,

@@ -40,7 +40,13 @@ from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, check_and_save_config
 from ssl_jax.models import VITS
 from ssl_jax.models.pos_embed import SINCOS_LAYOUTS, interpolate_pos_embed, sincos_pos_embed
 from ssl_jax.weights import formats, tensor_files
-from ssl_jax.weights.torch_layout import LayoutError, from_torch, infer_resnet, infer_vit
+from ssl_jax.weights.torch_layout import (
+    LayoutError,
+    from_torch,
+    gap_norm,
+    infer_resnet,
+    infer_vit,
+)
 
 IMPORT_RECORD = "import.json"
 _SINCOS_TOLERANCE = 1e-5
@@ -123,14 +129,6 @@ def _fixed_gain(network: dict, template: Any) -> dict:
     return {k: v for k, v in network.items() if k != "last_layer.weight_g"}
 
 
-def _fc_norm_as_norm(network: dict) -> dict:
-    """timm's global-pool ViT normalises the mean token with ``fc_norm`` (its ``norm`` is
-    an identity): ssl_jax's ``pool='gap'`` uses ``norm`` for that."""
-    if "fc_norm.weight" not in network:
-        return network
-    return {(k[len("fc_") :] if k.startswith("fc_norm.") else k): v for k, v in network.items()}
-
-
 def _place(
     release: formats.Release, state: Any, same_method: bool
 ) -> tuple[Any, list[str], list[str]]:
@@ -146,7 +144,7 @@ def _place(
             kind = "dino_head"
             network = _fixed_gain(network, params_tree[name])
         if name == "backbone" and kind == "vit":
-            network = _fit_pos_embed(_fc_norm_as_norm(network), params_tree[name])
+            network = _fit_pos_embed(gap_norm(network, to_timm=False), params_tree[name])
         new_params, new_stats = from_torch(
             network,
             params_tree[name],

@@ -195,6 +195,14 @@ def from_torch(
     return unflat(trees["params"]), unflat(trees["stats"])
 
 
+def gap_norm(network: dict[str, Any], *, to_timm: bool) -> dict[str, Any]:
+    """timm's global-pool ViT (``global_pool='avg'``, MAE's fine-tuned ones too) normalises
+    the mean token with ``fc_norm``, its ``norm`` being an identity; ssl_jax's
+    ``pool='gap'`` uses ``norm`` for that. Renames ``norm.*`` <-> ``fc_norm.*``."""
+    old, new = ("norm.", "fc_norm.") if to_timm else ("fc_norm.", "norm.")
+    return {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in network.items()}
+
+
 def strip(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The entries under ``prefix``, with it removed."""
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
