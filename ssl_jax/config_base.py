@@ -104,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
         # False: lr = peak * t / W for t < W (peak first reached at step W, MoCo v3, BYOL,
         # SimCLR); True: DINO's np.linspace(0, peak, W), peak * t / (W - 1), at step W - 1.
         warmup_end_inclusive=False,
+        warmup_start_lr=0.0,  # the warm-up's first lr (SwAV's --start_warmup 0.3)
         # How epochs become steps (see ssl_jax/schedules.py), N examples, batch B:
         # "per_epoch", total = round(epochs * (N // B)); "per_example", BYOL's total =
         # N * epochs // B; "per_example_plus_one", SimCLR's N * epochs // B + 1 (tf2/model.py

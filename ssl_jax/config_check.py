@@ -65,6 +65,7 @@ RULES: tuple[tuple[str, Bound, str], ...] = (
     ("schedule.warmup_epochs", WITHIN_EPOCHS, "the warm-up is part of the schedule"),
     ("schedule.total_steps", NON_NEGATIVE, "0 takes the count from schedule.epochs"),
     ("schedule.milestones", MILESTONES, "the lr drops x0.1 at each"),
+    ("schedule.warmup_start_lr", NON_NEGATIVE, "the warm-up starts there; a negative lr ascends"),
     ("schedule.final_lr", NON_NEGATIVE, "the cosine ends there; a negative lr ascends the loss"),
     ("input.image_size", POSITIVE, "the side of every view in pixels"),
     ("input.global_batch_size", POSITIVE, "the examples of one step"),

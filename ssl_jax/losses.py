@@ -178,9 +178,88 @@ def dino_cross_entropy(
     student, teacher, center = (x.astype(jnp.float32) for x in (student, teacher, center))
     log_ps = jax.nn.log_softmax(student / student_temp, axis=-1)
     p_t = jax.nn.softmax((teacher - center) / teacher_temp, axis=-1)
-    ce = -jnp.einsum("tbk,vbk->tv", p_t, log_ps) / student.shape[1]  # [T, V]
-    valid = 1.0 - jnp.eye(t, v, dtype=jnp.float32)  # no pair of a crop with itself
-    return jnp.sum(ce * valid) / jnp.sum(valid), p_t
+    return cross_crop_entropy(p_t, log_ps, jnp.arange(t)), p_t
+
+
+def cross_crop_entropy(
+    targets: jax.Array, log_probs: jax.Array, target_crops: jax.Array
+) -> jax.Array:
+    """The mean cross-entropy between each target crop and every other crop (DINO, SwAV):
+
+        L = mean_{a, v != c_a} mean_b sum_k -targets[a, b, k] log_probs[v, b, k]
+
+    Args:
+      targets: [A, B, K] distributions of A crops (DINO's teacher outputs, SwAV's codes).
+      log_probs: [V, B, K] log-probabilities of every crop, crop-major.
+      target_crops: [A] the crop index c_a of each target in ``log_probs``; that pair (a
+        crop against itself) is left out.
+    """
+    chex.assert_rank([targets, log_probs, target_crops], [3, 3, 1])
+    chex.assert_equal_shape([targets[0], log_probs[0]])
+    targets, log_probs = targets.astype(jnp.float32), log_probs.astype(jnp.float32)
+    ce = -jnp.einsum("abk,vbk->av", targets, log_probs) / log_probs.shape[1]  # [A, V]
+    valid = 1.0 - jax.nn.one_hot(target_crops, log_probs.shape[0], dtype=jnp.float32)
+    return jnp.sum(ce * valid) / jnp.sum(valid)
+
+
+NCE_EPS = 1e-7  # lemniscate lib/NCECriterion.py's eps
+
+
+def nce(probs: jax.Array, num_data: int) -> jax.Array:
+    """InstDisc's noise-contrastive estimation (Wu et al. 2018, eq. 6; lemniscate
+    NCECriterion), with P_n = 1/N uniform noise and K noise samples per example:
+
+        h(i, v) = P(i|v) / (P(i|v) + K P_n)
+        L = -(1/B) [ sum_b log h(pos_b, v_b) + sum_{b, j} log(1 - h(neg_bj, v_b)) ]
+
+    Args:
+      probs: [B, 1 + K] the model's P(i|v) = exp(w_i . v / T) / Z; column 0 the positive.
+      num_data: N, the memory bank's rows.
+    """
+    chex.assert_rank(probs, 2)
+    probs = probs.astype(jnp.float32)
+    k, noise = probs.shape[1] - 1, 1.0 / num_data
+    log_pos = jnp.log(probs[:, 0] / (probs[:, 0] + k * noise + NCE_EPS))
+    log_neg = jnp.log(k * noise / (probs[:, 1:] + k * noise + NCE_EPS))
+    return -(jnp.sum(log_pos) + jnp.sum(log_neg)) / probs.shape[0]
+
+
+def sinkhorn_knopp(
+    scores: jax.Array, epsilon: float, iterations: int, valid: jax.Array | None = None
+) -> jax.Array:
+    """SwAV's equipartitioned soft codes of N samples over K prototypes (no gradient).
+
+    Q = exp(scores / epsilon), scaled to sum 1, then ``iterations`` times: each
+    prototype's column of Q scaled to total 1/K, each sample's row to total 1/N; the
+    result is N * Q, whose rows sum to 1 (main_swav.py distributed_sinkhorn, written
+    there as Q^T [K, N], in the same order of divisions). In the global view N is the
+    whole global batch (plus the queue), the reference's all-reduced sums.
+
+    Args:
+      scores: [N, K] prototype scores z . c (cosines: the codes' exp stays finite).
+      epsilon: the entropy regularisation (0.05).
+      iterations: Sinkhorn-Knopp iterations (3).
+      valid: optional [N] 0/1 weights; rows with 0 (a queue not yet full) take no part
+        and get zero codes, and N counts the valid rows only.
+
+    Returns:
+      [N, K] float32 codes.
+    """
+    chex.assert_rank(scores, 2)
+    q = jnp.exp(jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon)  # [N, K]
+    n = jnp.asarray(q.shape[0], jnp.float32)
+    if valid is not None:
+        valid = valid.astype(jnp.float32)
+        q, n = q * valid[:, None], jnp.sum(valid)
+    k = q.shape[1]
+    q = q / jnp.sum(q)
+    for _ in range(iterations):
+        q = q / jnp.sum(q, axis=0, keepdims=True)  # each prototype's total weight ...
+        q = q / k  # ... is 1/K
+        row = jnp.sum(q, axis=1, keepdims=True)
+        q = q / jnp.where(row > 0, row, 1.0)  # each sample's total weight ...
+        q = q / n  # ... is 1/N
+    return q * n
 
 
 def normalize_patches(target: jax.Array, eps: float = 1e-6) -> jax.Array:

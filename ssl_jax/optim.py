@@ -24,6 +24,15 @@
   is SimCLR's ``use_nesterov`` in the first form (``w -= m * v + lr_t * trust * u``) and
   PyTorch SGD's in the second (``w -= lr_t * (m * mu + trust * u)``; neither BYOL nor
   MoCo v3 has one). tests/test_optim.py checks both forms against NumPy transcriptions.
+- 'larc' is SwAV's optimizer, NVIDIA apex's ``LARC(SGD(momentum, weight_decay),
+  trust_coefficient, clip=False)`` (facebookresearch/swav main_swav.py): for a tensor
+  with ``||w|| > 0`` and ``||g|| > 0``, ``u = (g + wd * w) * eta * ||w|| / (||g|| + wd *
+  ||w|| + 1e-8)``, else ``u = g`` (no decay either); then PyTorch SGD ``b = m * b + u; w
+  -= lr * b``. It differs from 'lars' in the trust ratio's denominator (``||g|| + wd
+  ||w||``, not ``||g + wd w||``), its eps, and the lr after the momentum. apex adapts
+  every tensor (SwAV sets no exclusion); ``exclude_bias_and_norm`` exempts the rank-1
+  leaves from both the decay and the trust ratio, as for 'lars'. A constant weight decay
+  only (``weight_decay_end`` None).
 - 'adamw' is ``optax.adamw`` (decoupled decay ``w -= lr * wd * w`` as in PyTorch AdamW).
 
 With ``exclude_bias_and_norm`` the leaves masked out by ``decay_mask`` (every leaf of rank
@@ -80,7 +89,7 @@ import optax
 
 from ssl_jax import schedules
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
+OPTIMIZERS = ("sgd", "lars", "larc", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
@@ -288,6 +297,17 @@ def _base_optimizer(
             optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.nesterov),
             optax.scale_by_learning_rate(lr),
         )
+    if name == "larc":
+        if callable(wd):
+            raise ValueError(
+                "optim.name='larc' takes a constant weight decay (apex LARC reads the SGD "
+                f"group's); unset optim.weight_decay_end={optim_cfg.weight_decay_end}."
+            )
+        return optax.chain(
+            scale_by_larc(optim_cfg.trust_coefficient, wd, mask=mask),
+            optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.nesterov),
+            optax.scale_by_learning_rate(lr),
+        )
     if name == "adamw":
         return optax.adamw(
             lr,
@@ -298,6 +318,33 @@ def _base_optimizer(
             mask=None if mask is True else mask,
         )
     raise ValueError(f"Unknown optim.name {name!r}; valid names: {list(OPTIMIZERS)}.")
+
+
+LARC_EPS = 1e-8  # apex.parallel.LARC's default eps
+
+
+def scale_by_larc(
+    trust_coefficient: float, weight_decay: float, *, mask: Any = True
+) -> optax.GradientTransformation:
+    """apex LARC's gradient rewrite with SGD's coupled decay folded in (see the module
+    docstring); ``mask`` (True, or params -> tree of bools) selects the adapted leaves,
+    the others pass their gradient unchanged."""
+
+    def adapt(g: jax.Array, w: jax.Array, on: bool) -> jax.Array:
+        if not on:
+            return g
+        w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+        trust = trust_coefficient * w_norm / (g_norm + w_norm * weight_decay + LARC_EPS)
+        adapted = (g + weight_decay * w) * trust
+        return jnp.where((w_norm > 0) & (g_norm > 0), adapted, g)
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_larc needs the params")
+        on = mask(params) if callable(mask) else jax.tree.map(lambda _: bool(mask), params)
+        return jax.tree.map(adapt, updates, params, on), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 class SkipFirstState(NamedTuple):

@@ -122,7 +122,9 @@ def lr_schedule(
     - warm-up, step t < W: ``peak_lr * t / W``, the peak first reached at step W (MoCo v3,
       BYOL, SimCLR); with ``warmup_end_inclusive`` ``peak_lr * t / (W - 1)`` (0 if W = 1),
       DINO's ``np.linspace(0, peak_lr, W)`` (facebookresearch/dino utils.cosine_scheduler),
-      the peak reached at step W - 1;
+      the peak reached at step W - 1. With ``warmup_start_lr`` s (default 0) the line
+      starts at s instead of 0: ``s + (peak_lr - s) * t / W`` or ``/ (W - 1)``, SwAV's
+      ``np.linspace(start_warmup, base_lr, W)``;
     - 'cosine', step t >= W, T total steps: ``final_lr + (peak_lr - final_lr) * (1 +
       cos(pi * (t - W) / (T - W))) / 2``, peak at W and ``final_lr`` (default 0) at step T,
       one past the last (SimCLR; DINO's cosine_scheduler, which ends at ``min_lr`` 1e-6;
@@ -148,11 +150,12 @@ def lr_schedule(
         raise ValueError(f"schedule.warmup_end_inclusive={inclusive!r} must be True or False.")
     # np.linspace(0, peak, W) spaces W values over W - 1 intervals (one value, 0, if W = 1).
     warm_intervals = max(warmup - 1, 1) if inclusive else max(warmup, 1)
-    warm_peak = 0.0 if inclusive and warmup == 1 else peak_lr
+    warm_start = float(schedule_cfg.get("warmup_start_lr", 0.0))
+    warm_peak = warm_start if inclusive and warmup == 1 else peak_lr
 
     def schedule(step: jnp.ndarray) -> jnp.ndarray:
         step = jnp.asarray(step, jnp.float32)
-        warm = warm_peak * step / warm_intervals
+        warm = warm_start + (warm_peak - warm_start) * step / warm_intervals
         return jnp.where(step < warmup, warm, decay(step))
 
     return schedule

@@ -126,8 +126,37 @@ def moco_v3_lars_step(w, g, mu, decay, lr, cfg):
     return w - lr * step, mu
 
 
+def apex_larc_step(w, g, buf, decay, lr, cfg):
+    """NVIDIA apex.parallel.LARC(SGD(momentum, weight_decay), trust_coefficient,
+    clip=False), SwAV's optimizer: the gradient rewritten in place, then torch SGD with the
+    group's weight decay set to 0 (a tensor with a zero norm keeps its raw gradient)."""
+    w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+    adapt = decay or not cfg.exclude_bias_and_norm
+    if adapt and w_norm != 0 and g_norm != 0:
+        wd = cfg.weight_decay
+        adaptive_lr = cfg.trust_coefficient * w_norm / (g_norm + w_norm * wd + 1e-8)
+        g = (g + wd * w) * adaptive_lr
+    buf = cfg.momentum * buf + g
+    step = g + cfg.momentum * buf if cfg.nesterov else buf
+    return w - lr * step, buf
+
+
 def assert_trees_close(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_larc_matches_apex(exclude):
+    cfg = optim_config("larc", exclude_bias_and_norm=exclude, trust_coefficient=0.5)
+    assert_trees_close(run_optax(cfg), run_numpy(apex_larc_step, cfg))
+    # Not the trust ratio of 'lars' (||g + wd w|| in the denominator, lr in the momentum).
+    lars = run_optax(optim_config("lars", exclude_bias_and_norm=exclude, trust_coefficient=0.5))
+    assert not np.allclose(lars["dense"]["kernel"], run_optax(cfg)["dense"]["kernel"])
+
+
+def test_larc_refuses_a_weight_decay_schedule():
+    with pytest.raises(ValueError, match="larc.*constant weight decay"):
+        make_optimizer(optim_config("larc", weight_decay_end=0.1), 0.1)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -110,6 +110,33 @@ def test_warmup_end_inclusive_gives_dino_cosine_scheduler(epochs, niter, warmup_
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-8)
 
 
+def swav_lr_schedule(base, final, start_warmup, epochs, niter_per_ep, warmup_epochs):
+    """facebookresearch/swav main_swav.py: np.linspace(start_warmup, base_lr, W), then
+    final + (base - final) (1 + cos(pi t / (T - W))) / 2 for t = 0 .. T - W - 1."""
+    warm = np.linspace(start_warmup, base, niter_per_ep * warmup_epochs)
+    t = np.arange(niter_per_ep * (epochs - warmup_epochs))
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t / len(t)))
+    return np.concatenate([warm, cosine])
+
+
+@pytest.mark.parametrize("epochs, niter, warmup_epochs", [(5, 3, 2), (4, 2, 0), (3, 4, 1)])
+def test_warmup_start_lr_gives_swav_schedule(epochs, niter, warmup_epochs):
+    base, final, start = 4.8, 0.0048, 0.3
+    cfg = schedule_config(
+        epochs=float(epochs),
+        warmup_epochs=float(warmup_epochs),
+        final_lr=final,
+        warmup_end_inclusive=True,
+        warmup_start_lr=start,
+    )
+    ours = lr_at_spe(cfg, range(epochs * niter), niter, peak=base)
+    expected = swav_lr_schedule(base, final, start, epochs, niter, warmup_epochs)
+    np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=1e-8)  # float32 of ~4.8
+    # Without the inclusive end the line still starts there and reaches base at step W.
+    cfg = schedule_config(warmup_epochs=2.0, warmup_start_lr=0.1)
+    np.testing.assert_allclose(lr_at(cfg, [0, 10, 20]), [0.1, 0.25, 0.4], rtol=1e-6)
+
+
 def test_warmup_end_inclusive_moves_only_the_warmup():
     # W = 4, T = 20: DINO reaches the peak at step 3 (and keeps it at step 4, the cosine's
     # start); ours by default at step 4. From step W on both are the same cosine, ending

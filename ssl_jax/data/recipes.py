@@ -137,6 +137,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dino_global1": dict(**_DINO_COMMON, crop_scale=(0.4, 1.0), blur_p=1.0, solarize_p=0.0),
     "dino_global2": dict(**_DINO_COMMON, crop_scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2),
     "dino_local": dict(**_DINO_COMMON, crop_scale=(0.05, 0.4), blur_p=0.5, solarize_p=0.0),
+    # SwAV (Caron et al. 2020, arXiv:2006.09882), facebookresearch/swav
+    # src/multicropdataset.py: RandomResizedCrop with --min/max_scale_crops (0.14, 1) for
+    # the 224-px crops and (0.05, 0.14) for the 96-px ones, flip 0.5, SimCLR's colour
+    # distortion at s=1 (ColorJitter(0.8, 0.8, 0.8, 0.2) p=0.8, RandomGrayscale 0.2) and
+    # PILRandomGaussianBlur (p=0.5, radius ~ U(0.1, 2.0)) on every crop.
+    "swav_global": dict(
+        crop_scale=(0.14, 1.0), **_simclr_strength(1.0), grayscale_p=0.2, blur_p=0.5
+    ),
+    "swav_local": dict(
+        crop_scale=(0.05, 0.14), **_simclr_strength(1.0), grayscale_p=0.2, blur_p=0.5
+    ),
     # Our own mild recipe for the 8x8 sklearn digits (no paper uses them):
     # * no flip: a mirrored 2, 3, 7 or 9 is no longer that digit;
     # * crop area (0.5, 1): an 8x8 digit cropped to 8% of its area is a few pixels of stroke;

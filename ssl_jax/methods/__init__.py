@@ -55,7 +55,18 @@ import jax
 import ml_collections
 from flax import linen as nn
 
-METHODS = ("moco", "simclr", "simsiam", "byol", "moco_v3", "dino", "mae", "supervised")
+METHODS = (
+    "instdisc",
+    "moco",
+    "simclr",
+    "simsiam",
+    "byol",
+    "moco_v3",
+    "dino",
+    "swav",
+    "mae",
+    "supervised",
+)
 
 Batch = Mapping[str, jax.Array]
 

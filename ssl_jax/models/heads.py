@@ -182,3 +182,44 @@ class WeightNormDense(nn.Module):
         if self.trainable_scale:
             w = w * self.param("scale", nn.initializers.ones, (1, self.features), jnp.float32)
         return x.astype(jnp.float32) @ w
+
+
+def unit_columns(init: nn.initializers.Initializer) -> nn.initializers.Initializer:
+    """``init``, then each output column scaled to unit L2 norm over the input axis."""
+
+    def unit_init(key, shape, dtype=jnp.float32):
+        w = init(key, shape, dtype)
+        return w / jnp.linalg.norm(w, axis=0, keepdims=True)
+
+    return unit_init
+
+
+class SwAVHead(nn.Module):
+    """SwAV's head (facebookresearch/swav src/resnet50.py ``forward_head``): the projection
+    MLP, L2 normalisation, then the prototypes, a bias-free Dense named ``prototypes``
+    whose columns (one per prototype, kernel [d, K]) are unit vectors: the scores are
+    cosines. The reference renormalises them before every step; the method's
+    ``after_update`` does it after every update and the init starts them normalised
+    (PyTorch nn.Linear's default init, then normalised), which is the same sequence.
+
+    ``__call__`` returns float32 scores [B, K], or ``(scores, z)`` with
+    ``return_embedding`` (z: the L2-normalised [B, d] projection the queue stores). The
+    prototypes run in float32 whatever ``dtype``: the codes take exp(scores / 0.05).
+    """
+
+    projector: nn.Module
+    num_prototypes: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool, return_embedding: bool = False):
+        z = self.projector(x, train).astype(jnp.float32)
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)  # [B, d]
+        scores = nn.Dense(
+            self.num_prototypes,
+            use_bias=False,
+            kernel_init=unit_columns(torch_linear_init),
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            name="prototypes",
+        )(z)  # [B, K]
+        return (scores, z) if return_embedding else scores
