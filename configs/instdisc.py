@@ -61,15 +61,19 @@ def cifar10():
 
 def digits():
     """The CPU demo: resnet_tiny, the full softmax over the 1,437 digits (the CIFAR
-    command's form), 60 epochs at batch 128, a 64-d embedding."""
+    command's form), 100 epochs at batch 128 with the lr x0.1 at 60 and 80, a 64-d
+    embedding. Tuned once: at the reference's lr 0.03-0.06 over 60 epochs the kNN ended
+    at 87.50, below the random-init network's 89.72 (each bank row moves once an epoch,
+    so the task sharpens slowly); lr 0.2 over 100 epochs reached 91.11
+    (experiments/README.md#instdisc-swav)."""
     c = _instdisc()
     config_base.use_digits(c, recipes.recipe("digits"))
     _one_view(c, recipes.recipe("digits"))
     c.input.global_batch_size = 128
     c.model.head.out_dim = 64
     c.instdisc.update(num_negatives=0, temperature=0.1)
-    c.optim.update(lr=0.06, weight_decay=5e-4)
-    c.schedule.update(epochs=60.0, milestones=(36, 48))
+    c.optim.update(lr=0.2, weight_decay=5e-4)
+    c.schedule.update(epochs=100.0, milestones=(60, 80))
     return c
 
 

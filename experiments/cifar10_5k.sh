@@ -5,7 +5,8 @@
 #
 #   bash experiments/cifar10_5k.sh [path/to/cifar10_5k.npz] [workdir root] [method ...]
 #
-# Methods: moco_v2 simclr moco_v3 simsiam byol dino (default: all, one after another).
+# Methods: moco_v2 simclr moco_v3 simsiam byol dino swav instdisc cmc (default: all, one
+# after another).
 # The npz holds `images` uint8 [5085, 32, 32, 3] and `labels`; any array file of that
 # layout works. Every run uses resnet_tiny and its method's `cifar10` preset otherwise,
 # with the CPU-budget overrides written beside it.
@@ -14,7 +15,7 @@ NPZ=${1:-../shared/data/cifar10_5k.npz}
 ROOT=${2:-workdirs/cifar10_5k}
 shift $(( $# > 2 ? 2 : $# )) || true
 METHODS=("$@")
-[ ${#METHODS[@]} -gt 0 ] || METHODS=(moco_v2 simclr moco_v3 simsiam byol dino)
+[ ${#METHODS[@]} -gt 0 ] || METHODS=(moco_v2 simclr moco_v3 simsiam byol dino swav instdisc cmc)
 
 common=(
   --config.input.dataset="npz:${NPZ}"
@@ -61,6 +62,19 @@ for method in "${METHODS[@]}"; do
     dino) run dino dino.py:cifar10_resnet18 "${narrow[@]}" --config.dino.momentum_teacher=0.99 \
       --config.dino.teacher_temp=0.04 \
       --config.schedule.epochs=30 --config.schedule.warmup_epochs=3 ;;
+    # solo-learn's CIFAR SwAV (LARS 0.6, 3000 prototypes, two 32-px crops), 30 epochs, 3
+    # warm-up; the 3840-feature queue (15 batches) from epoch 15 instead of 50.
+    swav) run swav swav.py:cifar10 --config.model.head.hidden_dim=512 \
+      --config.swav.epoch_queue_starts=15 \
+      --config.schedule.epochs=30 --config.schedule.warmup_epochs=3 ;;
+    # lemniscate's CIFAR command (full softmax over the 4,085-row bank, T 0.1, SGD 0.03, wd
+    # 5e-4), 30 epochs with its lr drops at 80/120/160 of 200 epochs scaled to 12/18/24.
+    instdisc) run instdisc instdisc.py:cifar10 --config.schedule.epochs=30 \
+      --config.schedule.milestones='(12,18,24)' ;;
+    # configs/cmc.py:cifar10 (two half-width towers of resnet_tiny here, NCE over 4,096
+    # noise rows, SGD 0.03), 30 epochs with the lr drops at 120/160/200 of 240 scaled.
+    cmc) run cmc cmc.py:cifar10 --config.schedule.epochs=30 \
+      --config.schedule.milestones='(15,20,25)' ;;
     *) echo "unknown method ${method}" >&2; exit 2 ;;
   esac
 done

@@ -148,6 +148,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "swav_local": dict(
         crop_scale=(0.05, 0.14), **_simclr_strength(1.0), grayscale_p=0.2, blur_p=0.5
     ),
+    # CMC (Tian et al. 2019, arXiv:1906.05849), HobbitLong/CMC train_CMC.py:
+    # RandomResizedCrop(224, scale=(--crop_low 0.2, 1)) and RandomHorizontalFlip, no colour
+    # augmentation (the colour channels are the views); RGB2Lab follows, in the model.
+    "cmc": dict(crop_scale=(0.2, 1.0)),
     # Our own mild recipe for the 8x8 sklearn digits (no paper uses them):
     # * no flip: a mirrored 2, 3, 7 or 9 is no longer that digit;
     # * crop area (0.5, 1): an 8x8 digit cropped to 8% of its area is a few pixels of stroke;

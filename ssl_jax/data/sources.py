@@ -5,6 +5,10 @@
 * ``digits`` -- scikit-learn's bundled 8x8 handwritten digits (1797 images, offline). Gray
   values 0..16 are scaled to uint8 0..255 and tiled to RGB. Splits: ``train`` is the first
   1437 examples, ``test`` the remaining 360 (sklearn's order, so every run agrees).
+* ``colour_digits`` -- the same digits with each image's strokes in a saturated colour of
+  its own (a hue drawn once per example from a fixed seed, on black), so that colour
+  channels carry the digit's shape: the offline demo of methods whose views are colour
+  channels (CMC's L and ab; on the gray ``digits`` the ab view is empty).
 * ``npz:<path>`` -- a NumPy ``.npz`` with ``images`` (uint8 ``[N,H,W,3]``, or gray ``[N,H,W]``
   / ``[N,H,W,1]``) and optional integer ``labels [N]``. One array set: split ``train``.
 * ``folder:<path>`` -- image files (jpg/jpeg/png/bmp/gif) either in class subfolders (label =
@@ -63,7 +67,8 @@ def hide_accelerators_from_tf() -> None:
 hide_accelerators_from_tf()
 
 DIGITS_TRAIN_SIZE = 1437  # sklearn's 1797 digits: first 1437 train, last 360 test (80/20).
-LOCAL_KINDS = "digits, npz:<path>, folder:<path>"
+LOCAL_KINDS = "digits, colour_digits, npz:<path>, folder:<path>"
+COLOUR_DIGITS_SEED = 0xC010
 
 _SPLIT_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<lo>[^:\]]*):(?P<hi>[^\]]*)\])?$")
 
@@ -182,16 +187,32 @@ def _num_classes(labels: np.ndarray) -> int | None:
     return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else None
 
 
-def _load_digits(split: str) -> ArraySource:
+def _load_digits(split: str, colour: bool = False) -> ArraySource:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [1797, 8, 8]
-    images = _to_rgb_uint8(images, "digits")
+    gray = digits.images / 16.0  # [1797, 8, 8] in [0, 1]
+    if colour:
+        tint = _saturated_colours(len(gray), np.random.default_rng(COLOUR_DIGITS_SEED))
+        images = np.round(gray[..., None] * tint[:, None, None, :] * 255.0).astype(np.uint8)
+    else:
+        images = _to_rgb_uint8(np.round(gray * 255.0).astype(np.uint8), "digits")
     labels = digits.target.astype(np.int32)
     sizes = {"train": DIGITS_TRAIN_SIZE, "test": len(images) - DIGITS_TRAIN_SIZE}
     start, stop = parse_split(split, sizes)
-    return ArraySource("digits", split, stop - start, 10, images[start:stop], labels[start:stop])
+    name = "colour_digits" if colour else "digits"
+    return ArraySource(name, split, stop - start, 10, images[start:stop], labels[start:stop])
+
+
+def _saturated_colours(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, 3]`` RGB colours of uniform random hue, full saturation and value (HSV)."""
+    h = rng.uniform(0.0, 6.0, n)
+    x = 1.0 - np.abs(h % 2.0 - 1.0)
+    sector = h.astype(int) % 6
+    one, zero = np.ones(n), np.zeros(n)
+    table = [(one, x, zero), (x, one, zero), (zero, one, x), (zero, x, one), (x, zero, one),
+             (one, zero, x)]  # fmt: skip
+    return np.stack([np.choose(sector, [t[c] for t in table]) for c in range(3)], axis=1)
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -281,8 +302,8 @@ def load_source(dataset: str, split: str, data_dir: str | None = None) -> Source
     Cached: the train loop, the eval loop and ``steps_per_epoch`` share one loaded source
     (folders are validated once, arrays held once).
     """
-    if dataset == "digits":
-        return _load_digits(split)
+    if dataset in ("digits", "colour_digits"):
+        return _load_digits(split, colour=dataset == "colour_digits")
     if dataset.startswith("npz:"):
         return _load_npz(dataset[len("npz:") :], split)
     if dataset.startswith("folder:"):

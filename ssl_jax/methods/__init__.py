@@ -57,6 +57,7 @@ from flax import linen as nn
 
 METHODS = (
     "instdisc",
+    "cmc",
     "moco",
     "simclr",
     "simsiam",

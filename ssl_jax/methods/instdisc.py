@@ -33,7 +33,6 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -70,24 +69,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def bank_rows(config: ml_collections.ConfigDict) -> int:
-    """N: the training split's size (the trainer's resolved config carries it)."""
-    n = config.schedule.get("num_examples")
-    if not n:
-        raise ValueError(
-            "InstDisc's memory bank needs schedule.num_examples (train.build sets it)."
-        )
-    return int(n)
-
-
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
-    """NCEAverage's bank, U(-s, s) with s = 1 / sqrt(D / 3) (rows of norm about 1), and Z
-    unset (-1)."""
+    """NCEAverage's bank (rows of norm about 1) and Z unset (-1)."""
     del params, batch_stats
-    dim = config.model.head.out_dim
-    stdv = 1.0 / math.sqrt(dim / 3)
     key = jax.random.fold_in(jax.random.key(config.seed), 0xBA4C)
-    bank = jax.random.uniform(key, (bank_rows(config), dim), jnp.float32, -stdv, stdv)
+    bank = primitives.init_bank(key, primitives.bank_rows(config), config.model.head.out_dim)
     return dict(bank=bank, nce_z=jnp.full((), -1.0, jnp.float32))  # [N, D], scalar
 
 
@@ -99,14 +85,12 @@ def loss_fn(params, state, batch, rng, *, model, config):
     v = losses.l2_normalize(out["projection"])  # [B, D]
     bank = jax.lax.stop_gradient(extra["bank"])  # [N, D]
     index = batch["index"]  # [B]
-    n, b = bank.shape[0], v.shape[0]
+    n = bank.shape[0]
     metrics, z = {}, extra["nce_z"]
     if cfg.num_negatives > 0:
-        noise = jax.random.randint(rng, (b, cfg.num_negatives), 0, n)
-        rows = jnp.concatenate([index[:, None], noise], axis=1)  # [B, 1 + K]
+        rows = primitives.bank_sample(rng, index, n, cfg.num_negatives)  # [B, 1 + K]
         scores = jnp.exp(jnp.einsum("bkd,bd->bk", bank[rows], v) / cfg.temperature)
-        # Set on the first step, then kept; a constant for the gradient either way.
-        z = jax.lax.stop_gradient(jnp.where(z > 0, z, jnp.mean(scores) * n))
+        z = primitives.nce_normaliser(z, scores, n)
         loss = losses.nce(scores / z, n)
         metrics["positive_prob"] = jnp.mean(scores[:, 0] / z)
     else:
@@ -123,18 +107,12 @@ def loss_fn(params, state, batch, rng, *, model, config):
     return loss, aux
 
 
-def update_bank(bank: jax.Array, index: jax.Array, v: jax.Array, momentum: float) -> jax.Array:
-    """``V[i] <- normalize(m V[i] + (1 - m) v)`` at the batch's rows only."""
-    mixed = momentum * bank[index] + (1.0 - momentum) * v
-    return bank.at[index].set(losses.l2_normalize(mixed))
-
-
 def update_extra(extra, *, params, aux, step, config):
     """The bank rows of this batch move towards their new features; Z is kept."""
     del params, step
     new = aux["extra"]
     return dict(
-        bank=update_bank(
+        bank=primitives.update_bank(
             extra["bank"], new["index"], new["features"], config.instdisc.bank_momentum
         ),
         nce_z=new["nce_z"],

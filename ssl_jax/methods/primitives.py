@@ -2,10 +2,11 @@
 
 Scope: plumbing of the family's recurring mechanisms, no objective. An EMA of a target
 tree (MoCo, BYOL, MoCo v3, DINO), a ring-buffer enqueue (MoCo's queue; SwAV's feature
-queue), one train-mode forward pass that returns the updated BatchNorm statistics, the
-online-only sub-tree dropped from a tree (the predictor, which targets lack), and the
-multi-crop forward (DINO, SwAV). Losses live in ``ssl_jax/losses.py``; a method file
-holds the idea.
+queue), a memory bank keyed by the example's index with its rows sampled, updated and its
+NCE normaliser fixed on the first step (InstDisc, CMC), one train-mode forward pass that
+returns the updated BatchNorm statistics, the online-only sub-tree dropped from a tree
+(the predictor, which targets lack), and the multi-crop forward (DINO, SwAV). Losses live
+in ``ssl_jax/losses.py``; a method file holds the idea.
 """
 
 from __future__ import annotations
@@ -39,6 +40,44 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Arra
     keys = jax.lax.stop_gradient(keys).astype(queue.dtype)
     queue = jax.lax.dynamic_update_slice(queue, keys, (ptr, 0))
     return queue, ((ptr + keys.shape[0]) % queue.shape[0]).astype(jnp.int32)
+
+
+def bank_rows(config: Any) -> int:
+    """N, the rows of a memory bank: the training split's size, which the trainer's
+    resolved config carries (``schedule.num_examples``)."""
+    n = config.schedule.get("num_examples")
+    if not n:
+        raise ValueError("a memory bank needs schedule.num_examples (train.build sets it).")
+    return int(n)
+
+
+def init_bank(key: jax.Array, rows: int, dim: int) -> jax.Array:
+    """lemniscate's NCEAverage init, U(-s, s) with s = 1 / sqrt(dim / 3): rows of norm
+    about 1, ``[rows, dim]`` float32."""
+    stdv = 1.0 / (dim / 3) ** 0.5
+    return jax.random.uniform(key, (rows, dim), jnp.float32, -stdv, stdv)
+
+
+def bank_sample(rng: jax.Array, index: jax.Array, rows: int, num_noise: int) -> jax.Array:
+    """``[B, 1 + K]`` bank rows to score: the example's own row, then K drawn uniformly
+    with replacement (the reference's AliasMethod over uniform probabilities; a draw may
+    hit the example itself)."""
+    noise = jax.random.randint(rng, (index.shape[0], num_noise), 0, rows)
+    return jnp.concatenate([index[:, None], noise], axis=1)
+
+
+def update_bank(bank: jax.Array, index: jax.Array, v: jax.Array, momentum: float) -> jax.Array:
+    """``V[i] <- normalize(m V[i] + (1 - m) v)`` at the batch's rows only, from the rows as
+    they were before this step (the reference's proximal update)."""
+    mixed = momentum * bank[index] + (1.0 - momentum) * jax.lax.stop_gradient(v)
+    norm = jnp.sqrt(jnp.sum(mixed * mixed, axis=-1, keepdims=True))
+    return bank.at[index].set(mixed / norm)
+
+
+def nce_normaliser(z: jax.Array, scores: jax.Array, rows: int) -> jax.Array:
+    """NCE's Z: ``z`` once set (> 0), else this step's estimate ``N * mean(exp scores)``,
+    which the caller keeps in its state; a constant for the gradient either way."""
+    return jax.lax.stop_gradient(jnp.where(z > 0, z, jnp.mean(scores) * rows))
 
 
 def apply_train(
