@@ -65,7 +65,7 @@ def digits():
     embedding. Tuned once: at the reference's lr 0.03-0.06 over 60 epochs the kNN ended
     at 87.50, below the random-init network's 89.72 (each bank row moves once an epoch,
     so the task sharpens slowly); lr 0.2 over 100 epochs reached 91.11
-    (experiments/README.md#instdisc-swav)."""
+    (experiments/README.md#instdisc-swav-and-cmc-on-digits)."""
     c = _instdisc()
     config_base.use_digits(c, recipes.recipe("digits"))
     _one_view(c, recipes.recipe("digits"))

@@ -122,7 +122,7 @@ def digits():
 
     Tuned once: LARC at the bs256 script's lr 0.6 with jitter-free crops ended at kNN
     88.61 (below the random-init network's 89.72); lr 2.4 with the digits jitter on
-    every crop reached 93.89 (experiments/README.md#instdisc-swav)."""
+    every crop reached 93.89 (experiments/README.md#instdisc-swav-and-cmc-on-digits)."""
     c = _swav()
     config_base.use_digits(c, recipes.recipe("digits"))
     _digits_crops(c, num_local=2, local_size=12)

@@ -59,7 +59,9 @@ def test_bad_config_flag_is_one_line_naming_it(tmp_path, flags, expected):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'byol2'; valid methods: moco, simclr"):
+    with pytest.raises(
+        ValueError, match=r"unknown method 'byol2'; valid methods: instdisc, cmc, moco"
+    ):
         methods.get_method("byol2")
 
 
@@ -72,8 +74,11 @@ def test_unknown_backbone_lists_the_valid_ones():
 @pytest.mark.parametrize(
     "dataset, message",
     [
-        ("not_a_dataset_xyz", "unknown data set 'not_a_dataset_xyz'; valid: digits, npz:<path>"),
-        ("My Images", "unknown data set 'My Images'; valid: digits, npz:<path>"),
+        (
+            "not_a_dataset_xyz",
+            "unknown data set 'not_a_dataset_xyz'; valid: digits, colour_digits, npz:<path>",
+        ),
+        ("My Images", "unknown data set 'My Images'; valid: digits, colour_digits, npz:<path>"),
         ("npz:/no/such/file.npz", "npz data set file '/no/such/file.npz' does not exist"),
         ("folder:/no/such/dir", "image folder '/no/such/dir' does not exist"),
     ],

@@ -196,3 +196,17 @@ def test_no_gradient_reaches_the_banks_or_the_zs(setup):
 def test_bad_settings_are_refused_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         cmc.validate(load_config("cmc", "smoke", **overrides))
+
+
+def test_colour_digits_are_the_digits_in_isoluminant_hues():
+    from ssl_jax.data.sources import load_source
+
+    gray, colour = load_source("digits", "train"), load_source("colour_digits", "train")
+    np.testing.assert_array_equal(colour.labels, gray.labels)
+    assert colour.images.shape == gray.images.shape and colour.images.dtype == np.uint8
+    ink = gray.images[..., 0]
+    assert not colour.images[ink == 0].any()  # black background
+    full = colour.images[ink == 255].astype(np.float32) / 255.0  # the strokes' full ink
+    lab = np.asarray(rgb_to_lab(jnp.asarray(full)))
+    assert np.abs(lab[:, 0] - 65.0).max() < 2.5  # one lightness: L does not show the hue
+    assert lab[:, 1].std() > 20 and lab[:, 2].std() > 20  # the hues differ

@@ -5,10 +5,11 @@
 * ``digits`` -- scikit-learn's bundled 8x8 handwritten digits (1797 images, offline). Gray
   values 0..16 are scaled to uint8 0..255 and tiled to RGB. Splits: ``train`` is the first
   1437 examples, ``test`` the remaining 360 (sklearn's order, so every run agrees).
-* ``colour_digits`` -- the same digits with each image's strokes in a saturated colour of
-  its own (a hue drawn once per example from a fixed seed, on black), so that colour
-  channels carry the digit's shape: the offline demo of methods whose views are colour
-  channels (CMC's L and ab; on the gray ``digits`` the ab view is empty).
+* ``colour_digits`` -- the same digits with each image's strokes in a colour of its own (a
+  hue drawn once per example from a fixed seed, all at one CIE lightness and chroma, on
+  black), so that the colour channels carry the digit's shape and the lightness does not
+  carry the hue: the offline demo of methods whose views are colour channels (CMC's L
+  and ab; on the gray ``digits`` the ab view is empty).
 * ``npz:<path>`` -- a NumPy ``.npz`` with ``images`` (uint8 ``[N,H,W,3]``, or gray ``[N,H,W]``
   / ``[N,H,W,1]``) and optional integer ``labels [N]``. One array set: split ``train``.
 * ``folder:<path>`` -- image files (jpg/jpeg/png/bmp/gif) either in class subfolders (label =
@@ -193,7 +194,7 @@ def _load_digits(split: str, colour: bool = False) -> ArraySource:
     digits = load_digits()
     gray = digits.images / 16.0  # [1797, 8, 8] in [0, 1]
     if colour:
-        tint = _saturated_colours(len(gray), np.random.default_rng(COLOUR_DIGITS_SEED))
+        tint = _isoluminant_colours(len(gray), np.random.default_rng(COLOUR_DIGITS_SEED))
         images = np.round(gray[..., None] * tint[:, None, None, :] * 255.0).astype(np.uint8)
     else:
         images = _to_rgb_uint8(np.round(gray * 255.0).astype(np.uint8), "digits")
@@ -204,15 +205,25 @@ def _load_digits(split: str, colour: bool = False) -> ArraySource:
     return ArraySource(name, split, stop - start, 10, images[start:stop], labels[start:stop])
 
 
-def _saturated_colours(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n, 3]`` RGB colours of uniform random hue, full saturation and value (HSV)."""
-    h = rng.uniform(0.0, 6.0, n)
-    x = 1.0 - np.abs(h % 2.0 - 1.0)
-    sector = h.astype(int) % 6
-    one, zero = np.ones(n), np.zeros(n)
-    table = [(one, x, zero), (x, one, zero), (zero, one, x), (zero, x, one), (x, zero, one),
-             (one, zero, x)]  # fmt: skip
-    return np.stack([np.choose(sector, [t[c] for t in table]) for c in range(3)], axis=1)
+def _isoluminant_colours(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, 3]`` sRGB colours in [0, 1] of uniform random hue at one CIE lightness and
+    chroma (L* 65, C* 45): a digit's hue then shows in its ab channels but not in L, so
+    the two views share the digit's shape, not its colour."""
+    hue = rng.uniform(0.0, 2.0 * np.pi, n)
+    lab = np.stack([np.full(n, 65.0), 45.0 * np.cos(hue), 45.0 * np.sin(hue)], axis=1)
+    fy = (lab[:, 0] + 16.0) / 116.0
+    f = np.stack([fy + lab[:, 1] / 500.0, fy, fy - lab[:, 2] / 200.0], axis=1)
+    xyz = np.where(f > 6.0 / 29.0, f**3, (f - 16.0 / 116.0) / 7.787)
+    xyz *= np.array([0.95047, 1.0, 1.08883])  # D65
+    rgb_from_xyz = np.linalg.inv(
+        [
+            [0.412453, 0.357580, 0.180423],
+            [0.212671, 0.715160, 0.072169],
+            [0.019334, 0.119193, 0.950227],
+        ]  # fmt: skip
+    )
+    linear = np.clip(xyz @ rgb_from_xyz.T, 0.0, 1.0)
+    return np.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
