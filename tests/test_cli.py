@@ -22,7 +22,7 @@ from helpers import config_flags, run_ssl_jax
         (
             ["pretrain", "--config=moco_v9:smoke"],
             "cannot load config file 'moco_v9': no such file and no shipped config of that "
-            "name (byol, dino,",
+            "name (byol, cmc, dino,",
         ),
     ],
     ids=[
