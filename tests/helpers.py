@@ -121,3 +121,20 @@ def assert_states_close(config, workdir, reference, steps):
     leaves = jax.tree_util.tree_leaves_with_path(expected)
     for (path, b), a in zip(leaves, jax.tree.leaves(state), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def tiny_state(model, config, init_extra=None, size: int = 8):
+    """A method's fresh ``TrainState`` for unit tests: ``model`` initialised on a
+    ``[1, size, size, 3]`` input (jitted), ``extra`` from ``init_extra`` (``{}`` without),
+    no optimizer state."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssl_jax.state import TrainState
+
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
+        jax.random.key(0)
+    )
+    params, stats = variables["params"], variables["batch_stats"]
+    extra = init_extra(params, stats, config) if init_extra else {}
+    return TrainState(jnp.zeros((), jnp.int32), params, stats, None, extra)

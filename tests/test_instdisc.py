@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, tiny_state
 
 from ssl_jax import config_base, losses
 from ssl_jax.methods import instdisc
@@ -59,12 +59,7 @@ class Setup(NamedTuple):
 def setup():
     config = _config()
     model = instdisc.make_model(config)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(
-        jax.random.key(0)
-    )
-    params, stats = variables["params"], variables["batch_stats"]
-    extra = instdisc.init_extra(params, stats, config)
-    state = TrainState(jnp.zeros((), jnp.int32), params, stats, None, extra)
+    state = tiny_state(model, config, instdisc.init_extra)
     batch = dict(
         views=jax.random.normal(jax.random.key(1), (B, 1, 8, 8, 3)),
         index=jnp.asarray(np.random.default_rng(2).permutation(N)[:B], jnp.int32),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, tiny_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -146,11 +146,7 @@ class Setup(NamedTuple):
 def setup():
     config = _config()
     model = swav.make_model(config)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(
-        jax.random.key(0)
-    )
-    params, stats = variables["params"], variables["batch_stats"]
-    state = TrainState(jnp.zeros((), jnp.int32), params, stats, None, {})
+    state = tiny_state(model, config)
     k1, k2 = jax.random.split(jax.random.key(1))
     batch = dict(
         global_views=jax.random.normal(k1, (B, 2, 8, 8, 3)),
