@@ -50,6 +50,7 @@ def _imagenet(epochs: int):
     config_base.use_imagenet(c, recipes.recipe("byol_view1"))
     config_base.set_views(c, recipes.recipe("byol_view1"), recipes.recipe("byol_view2"))
     c.input.global_batch_size = 4096
+    c.model.padding = "same"  # Haiku's ResNet pads its convs and max-pool 'SAME'
     lr, wd, tau = IMAGENET_PRESETS[epochs]
     c.optim.update(lr=lr, weight_decay=wd)
     c.byol.tau_base = tau

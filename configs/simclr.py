@@ -40,6 +40,10 @@ def imagenet():
     c = _simclr()
     config_base.use_imagenet(c, recipes.recipe("simclr"))
     c.input.global_batch_size = 4096
+    # The reference feeds [0, 1] pixels unnormalised (data_util.preprocess_image), and its
+    # TF ResNet's stem max-pool pads 'SAME' (resnet.py; its strided convs pad as PyTorch).
+    c.input.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    c.model.padding = "same_pool"
     return c
 
 

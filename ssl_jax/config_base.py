@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(
         backbone="resnet18",
         stem="cifar",
+        width_multiplier=1,  # ResNets: every conv this many times wider (SimCLR's 2x, 4x)
+        padding="torch",  # ResNets: "torch", or TF's "same" / "same_pool" (models/resnet.py)
         bn_momentum=0.9,  # flax convention; PyTorch momentum 0.1
         bn_epsilon=1e-5,
         zero_init_residual=False,

@@ -85,6 +85,7 @@ RULES: tuple[tuple[str, Bound, str], ...] = (
     ("evals.linear_lr", POSITIVE, "a negative lr ascends the loss, 0 trains nothing"),
     ("evals.linear_weight_decay", NON_NEGATIVE, "a negative decay grows the weights"),
     ("evals.online_linear_lr", POSITIVE, "a negative lr ascends the loss, 0 trains nothing"),
+    ("model.width_multiplier", POSITIVE, "a ResNet's convs are this many times wider"),
     ("model.bn_momentum", UNIT, "the running statistics' decay"),
     ("model.bn_epsilon", POSITIVE, "BatchNorm divides by sqrt(var + eps)"),
     ("model.head.num_layers", POSITIVE, "the projection head has at least its last Dense"),

@@ -89,6 +89,7 @@ def _from_state_dict(path: str) -> _Loaded:
     if release.backbone_kind == "resnet":
         found = torch_layout.infer_resnet(network, path)
         model_cfg.backbone, model_cfg.stem = found["backbone"], found["stem"]
+        model_cfg.width_multiplier = found["width_multiplier"]
     else:
         found = torch_layout.infer_vit(network, path)
         model_cfg.backbone, model_cfg.vit.patch_size = found["backbone"], found["patch_size"]

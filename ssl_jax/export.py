@@ -106,6 +106,12 @@ def export_torch(workdir: str, fmt: str, out_path: str) -> str:
     if TORCH_FORMATS[fmt] != kind:
         want = {v: k for k, v in TORCH_FORMATS.items()}[kind]
         raise ValueError(f"{workdir} has a {backbone}; export it with --format={want}.")
+    padding = config["model"].get("padding", "torch")
+    if kind == "resnet" and padding != "torch":
+        raise ValueError(
+            f"{workdir} has a ResNet padded as TensorFlow's {padding!r} (model.padding), "
+            "which torchvision's resnet does not compute: its features would differ."
+        )
     params, batch_stats, info = pretrained.load_encoder(workdir)
     state_dict = torch_layout.to_torch(params, batch_stats, kind)
     image_size = int(config["input"]["image_size"])

@@ -59,10 +59,16 @@ _OUT = flags.DEFINE_string(
 _FORMAT = flags.DEFINE_string(
     "format",
     None,
-    "import: the release's layout (moco, moco_v3, simsiam, dino, mae, torchvision, timm); "
+    "import: the release's layout (moco, moco_v3, simsiam, dino, mae, torchvision, timm, "
+    "simclr, byol); "
     "export: torchvision or timm for a PyTorch state dict (default: Flax msgpack).",
 )
-_FROM = flags.DEFINE_string("from", None, "import: the released checkpoint (.pth, .safetensors).")
+_FROM = flags.DEFINE_string(
+    "from",
+    None,
+    "import: the released checkpoint (.pth, .safetensors; simclr: a SavedModel or TF "
+    "checkpoint; byol: .pkl).",
+)
 
 COMMANDS = ("pretrain", "eval", "reconstruct", "export", "import", "list")
 _EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR

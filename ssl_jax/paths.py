@@ -67,6 +67,11 @@ def read_bytes(path: str) -> bytes:
     return epath.Path(path).read_bytes()
 
 
+def open_binary(path: str):
+    """A file object reading ``path`` as a stream (large checkpoints stay on disk)."""
+    return epath.Path(path).open("rb")
+
+
 def write_bytes(path: str, data: bytes) -> None:
     epath.Path(path).write_bytes(data)
 

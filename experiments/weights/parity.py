@@ -11,8 +11,13 @@ features; then ``ssl-jax export --format=torchvision|timm`` of that workdir -> a
 one Markdown row per model: the largest absolute difference over the largest feature.
 
 The PyTorch networks are the tests' (``tests/torch_nets.py``: torchvision's and timm's
-definitions with their key names). The release wrappers around them (MoCo, MoCo v3,
-SimSiam, DINO, MAE) are tested in ``tests/test_weights_import.py`` on small networks.
+definitions with their key names). The TF2 SimCLR and Haiku BYOL releases (``simclr``,
+``byol`` rows, 224 px): the same random ResNet-50 written in the release's own format
+(``tests/google_nets.py``: a SavedModel, a ``.pkl``) -> import -> features, against a
+TensorFlow forward of the release's ResNet (its framework's padding); there is no PyTorch
+export of them (``model.padding`` is not torchvision's), so that column reads "-". The
+release wrappers around them (MoCo, MoCo v3, SimSiam, DINO, MAE) are tested in
+``tests/test_weights_import.py`` on small networks.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+import google_nets  # noqa: E402
 import torch  # noqa: E402
 import torch_nets  # noqa: E402
 
@@ -42,7 +48,46 @@ MODELS = {
     "vit_small_patch16": (lambda: torch_nets.VisionTransformer(384, 12, 6, 16, 224), "timm", 224),
     "vit_base_patch16": (lambda: torch_nets.VisionTransformer(768, 12, 12, 16, 224), "timm", 224),
     "vit_small_patch8": (lambda: torch_nets.VisionTransformer(384, 12, 6, 8, 224), "timm", 224),
+    "resnet50 (SimCLR TF2)": (lambda: torch_nets.resnet50(num_classes=0), "simclr", 224),
+    "resnet50 (BYOL Haiku)": (lambda: torch_nets.resnet50(num_classes=0), "byol", 224),
 }
+GOOGLE_RELEASES = {"simclr": "simclr", "byol": "same"}  # format -> reference padding
+
+
+def _google_release(net, fmt: str, directory: str) -> str:
+    """``net``'s weights as the release file of ``fmt``; returns its path."""
+    sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
+    if fmt == "simclr":
+        variables = {f"resnet_model/{k}": v for k, v in google_nets.simclr_paths(sd).items()}
+        return google_nets.write_simclr(variables, os.path.join(directory, "saved_model"))
+    haiku = google_nets.haiku_resnet(sd)
+    return google_nets.write_byol(os.path.join(directory, "pretrain.pkl"), haiku, haiku)
+
+
+def measure_google_release(name: str, num_images: int, directory: str) -> dict:
+    build, fmt, side = MODELS[name]
+    net = torch_nets.randomise(build())
+    path = _google_release(net, fmt, directory)
+    images = np.random.default_rng(0).normal(size=(num_images, side, side, 3)).astype(np.float32)
+    sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
+    want = google_nets.resnet_features(sd, images, GOOGLE_RELEASES[fmt])
+    method = "simclr" if fmt == "simclr" else "byol"
+    config = catalog.load_config(method, "digits", os.path.join(ROOT, "configs"))
+    with config.unlocked():
+        config.input.image_size = side
+    workdir = os.path.join(directory, f"{fmt}_run")
+    start = time.time()
+    importer.import_checkpoint(path, fmt, config, workdir)
+    module, variables = ssl_jax.load_encoder(workdir)  # the images are already normalised
+    imported = np.asarray(module.apply(variables, images, train=False))
+    return {
+        "model": name,
+        "format": fmt,
+        "side": side,
+        "import": _relative(imported, want),
+        "export": None,
+        "seconds": time.time() - start,
+    }
 
 
 def _features(net, images):
@@ -96,10 +141,13 @@ def main() -> None:
         for name in MODELS:
             if args.only not in name:
                 continue
-            row = measure(name, args.images, directory)
+            fmt = MODELS[name][1]
+            measure_row = measure_google_release if fmt in GOOGLE_RELEASES else measure
+            row = measure_row(name, args.images, directory)
+            exported = "-" if row["export"] is None else f"{row['export']:.1e}"
             print(
                 f"| {row['model']} | {row['format']} | {row['side']} px | "
-                f"{row['import']:.1e} | {row['export']:.1e} |",
+                f"{row['import']:.1e} | {exported} |",
                 flush=True,
             )
 

@@ -1,9 +1,12 @@
 """Backbone registry: ``model.backbone`` name -> Linen module.
 
-``resnet_tiny`` is our CPU variant for tests and smoke runs: the torchvision layout with
-one BasicBlock per stage and widths 16-32-64-128 (D=128; 307,536 parameters with the
-cifar stem). ViTs (``VITS``: vit_tiny/small/base/large) read ``model.vit``: patch_size,
-pos_embed, drop_path, frozen_patch_embed, pool, remat (see ``ssl_jax/models/vit.py``).
+ResNets (``RESNETS``) read ``model.width_multiplier`` (every conv widened, as SimCLR's,
+SwAV's and BYOL's wide ResNets are) and ``model.padding`` (``resnet.PADDINGS``: PyTorch's,
+or TensorFlow's 'SAME' for the TF and Haiku releases). ``resnet_tiny`` is our CPU variant
+for tests and smoke runs: the torchvision layout with one BasicBlock per stage and widths
+16-32-64-128 (D=128; 307,536 parameters with the cifar stem). ViTs (``VITS``:
+vit_tiny/small/base/large) read ``model.vit``: patch_size, pos_embed, drop_path,
+frozen_patch_embed, pool, remat (see ``ssl_jax/models/vit.py``).
 ``model.dtype`` is the compute dtype of every backbone and head ("float32" or
 "bfloat16"); parameters and BatchNorm statistics are float32 either way.
 """
@@ -24,6 +27,9 @@ RESNETS: dict[str, tuple[str, tuple[int, ...], int]] = {
     "resnet18": ("basic", (2, 2, 2, 2), 64),
     "resnet34": ("basic", (3, 4, 6, 3), 64),
     "resnet50": ("bottleneck", (3, 4, 6, 3), 64),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 64),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 64),
+    "resnet200": ("bottleneck", (3, 24, 36, 3), 64),  # BYOL's ResNet-200 (Haiku's sizes)
 }
 
 
@@ -46,12 +52,15 @@ def _make_resnet(model_cfg: Any, bn_groups: int) -> ResNet:
     return ResNet(
         stage_sizes=stage_sizes,
         block=block,
-        width=width,
+        # SimCLR's, SwAV's and BYOL's wide ResNets (2x, 4x, w2...) widen every conv;
+        # both keys are absent from the config.json of runs made before them.
+        width=width * model_cfg.get("width_multiplier", 1),
         stem=model_cfg.stem,
         bn_momentum=model_cfg.bn_momentum,
         bn_epsilon=model_cfg.bn_epsilon,
         bn_groups=bn_groups,
         zero_init_residual=model_cfg.zero_init_residual,
+        padding=model_cfg.get("padding", "torch"),
         dtype=jnp.dtype(model_cfg.dtype),
     )
 

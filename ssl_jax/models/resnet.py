@@ -94,8 +94,18 @@ class BatchNorm(nn.Module):
         return einops.rearrange(y, "g n ... -> (g n) ...")
 
 
-def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    # PyTorch pads k // 2 on both sides; flax "SAME" pads asymmetrically for stride 2.
+# Where the convs and the stem's max-pool pad, as each release's framework did:
+# - "torch": k // 2 on both sides (PyTorch; MoCo, SimSiam, DINO, SwAV, torchvision).
+# - "same": XLA / TensorFlow "SAME", which on an even input to a strided conv or pool pads
+#   one pixel less before than after, shifting every window (Haiku's ResNet: BYOL).
+# - "same_pool": "torch" in the convs, "SAME" in the max-pool (SimCLR's TF ResNet pads its
+#   strided convs explicitly by (k - 1) // 2, as PyTorch does, but not its max-pool).
+PADDINGS = ("torch", "same", "same_pool")
+
+
+def _pad(kernel: int, padding: str = "torch") -> str | tuple[tuple[int, int], tuple[int, int]]:
+    if padding == "same":
+        return "SAME"
     return ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
 
 
@@ -108,6 +118,7 @@ class _ResidualBlock(nn.Module):
     bn_epsilon: float = 1e-5
     bn_groups: int = 1
     zero_init_residual: bool = False
+    padding: str = "torch"
     dtype: Any = jnp.float32
 
     def conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
@@ -115,7 +126,7 @@ class _ResidualBlock(nn.Module):
             features,
             (kernel, kernel),
             strides=(strides, strides),
-            padding=_pad(kernel),
+            padding=_pad(kernel, self.padding),
             use_bias=False,
             kernel_init=conv_kernel_init,
             dtype=self.dtype,
@@ -190,6 +201,7 @@ class ResNet(nn.Module):
       bn_groups: passed to every BatchNorm (see ``BatchNorm.groups``).
       zero_init_residual: gamma=0 in the last BN of each block, so every block starts as
         the identity (SimCLR's TF ResNet; torchvision's default is False).
+      padding: one of ``PADDINGS`` (how the release's framework padded).
       dtype: compute dtype; parameters and BN statistics stay float32.
     """
 
@@ -201,6 +213,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     bn_groups: int = 1
     zero_init_residual: bool = False
+    padding: str = "torch"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -217,6 +230,7 @@ class ResNet(nn.Module):
                     bn_epsilon=self.bn_epsilon,
                     bn_groups=self.bn_groups,
                     zero_init_residual=self.zero_init_residual,
+                    padding=self.padding,
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
@@ -225,12 +239,14 @@ class ResNet(nn.Module):
     def _stem(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         if self.stem not in STEMS:
             raise ValueError(f"Unknown stem {self.stem!r}; valid stems: {list(STEMS)}.")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"Unknown padding {self.padding!r}; valid values: {PADDINGS}.")
         kernel, strides = (7, 2) if self.stem == "imagenet" else (3, 1)
         x = nn.Conv(
             self.width,
             (kernel, kernel),
             strides=(strides, strides),
-            padding=_pad(kernel),
+            padding=_pad(kernel, self.padding),
             use_bias=False,
             kernel_init=conv_kernel_init,
             dtype=self.dtype,
@@ -246,5 +262,6 @@ class ResNet(nn.Module):
         )(x, train)
         x = nn.relu(x)
         if self.stem == "imagenet":
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            pool = "SAME" if self.padding in ("same", "same_pool") else ((1, 1), (1, 1))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool)
         return x

@@ -20,39 +20,19 @@ Key layouts, from each repository's saving and loading code:
   full files add ``decoder_*`` and ``mask_token``).
 - ``torchvision`` / ``timm``: a plain state dict (also under ``state_dict`` or
   ``model``); the classifier (``fc``, ``head``) is not part of the encoder.
+- ``simclr`` (TensorFlow 2) and ``byol`` (Haiku ``.pkl``): see ``google_releases``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ssl_jax.weights import google_releases, restricted_pickle, tensor_files, tf_checkpoint
+from ssl_jax.weights.release import Release, fold_bias_into_bn
 from ssl_jax.weights.torch_layout import LayoutError, strip
-
-
-@dataclasses.dataclass
-class Release:
-    """The networks of a released checkpoint, in PyTorch keys without prefixes.
-
-    backbone_kind: ``'resnet'`` or ``'vit'``.
-    method: the ssl_jax method whose train state holds every network the file has.
-    online / target: ``{'backbone', 'head', 'predictor'}`` state dicts (missing = absent;
-      MAE's online network adds ``'decoder'``); ``target`` is the momentum encoder or
-      teacher.
-    arrays: the method's other state, in ssl_jax's layout (``queue [K, D]``, ``center``;
-      MAE's fixed ``decoder_pos_embed``, checked rather than imported).
-    left_out: what the file holds that is not imported, by name, with the reason.
-    """
-
-    backbone_kind: str
-    method: str
-    online: dict[str, dict[str, np.ndarray]]
-    target: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    left_out: list[str] = dataclasses.field(default_factory=list)
 
 
 def _tensors(tree: Any) -> dict[str, np.ndarray]:
@@ -141,22 +121,10 @@ def read_moco_v3(contents: dict) -> Release:
     return Release(kind, "moco_v3", online=online, target=target)
 
 
-def _fold_bias_into_bn(head: dict, linear: str, bn: str) -> dict:
-    """A Linear bias followed by BatchNorm folded into the BN's running mean: identical
-    outputs in eval mode, and in training mode (where BN subtracts the batch mean) the bias
-    cancels anyway; ssl_jax's heads have no bias before a BN."""
-    if f"{linear}.bias" not in head or f"{bn}.running_mean" not in head:
-        return head
-    head = dict(head)
-    bias = head.pop(f"{linear}.bias")
-    head[f"{bn}.running_mean"] = head[f"{bn}.running_mean"] - bias
-    return head
-
-
 def read_simsiam(contents: dict) -> Release:
     state = _without_module(_entry(contents, ("state_dict",), "SimSiam"))
     backbone, head = _split_classifier(_require(state, "encoder.", "SimSiam"), "fc")
-    head = _fold_bias_into_bn(head, "6", "7")  # the frozen bias of encoder.fc[6]
+    head = fold_bias_into_bn(head, "6", "7")  # the frozen bias of encoder.fc[6]
     online = {"backbone": backbone, "head": head, "predictor": strip(state, "predictor.")}
     return Release(_kind(backbone), "simsiam", online=online)
 
@@ -217,7 +185,23 @@ FORMATS: dict[str, Callable[[dict], Release]] = {
     "mae": read_mae,
     "torchvision": lambda contents: _plain("fc", contents),
     "timm": lambda contents: _plain("head", contents),
+    "simclr": google_releases.read_simclr,
+    "byol": google_releases.read_byol,
 }
+
+# How each format's file is read; the PyTorch formats' default is ``tensor_files.read``.
+_FILE_READERS: dict[str, Callable[[str], dict]] = {
+    "simclr": tf_checkpoint.read,
+    "byol": restricted_pickle.read,
+}
+
+
+def read_file(fmt: str, path: str) -> dict:
+    """The contents of the checkpoint at ``path`` as format ``fmt``'s reader takes them."""
+    if fmt in _FILE_READERS:
+        return _FILE_READERS[fmt](path)
+    return tensor_files.read(path)[0]
+
 
 # ViT heads are not in the shapes: each release's own choice, unless model.vit.num_heads.
 DEFAULT_HEADS = {"moco_v3": {"vit_small": 12}}

@@ -3,14 +3,17 @@
 The workdir is an ordinary run directory, so ``ssl-jax eval``, ``ssl-jax export``,
 ``supervised.init_from=W`` and ``ssl-jax pretrain`` (continued pretraining) work on it.
 
-1. The file is read (``tensor_files``) and split into its networks (``formats``).
+1. The file is read (``tensor_files`` for PyTorch and safetensors files, ``tf_checkpoint``
+   for SimCLR's, ``restricted_pickle`` for BYOL's) and split into its networks
+   (``formats``, ``google_releases``).
 2. The architecture is read off the shapes and set in the ``--config`` preset's model:
-   the backbone name and stem of a ResNet; a ViT's size, patch size, and position
-   embedding: ``sincos`` / ``sincos_mae`` when the file's table equals the MoCo v3 / MAE
-   sin-cos table ssl_jax computes, else ``learned`` holding the file's values (DINO's),
-   resized to the preset's grid when it differs. ViT heads are not
-   in the shapes: ``model.vit.num_heads`` if set, else the release's (MoCo v3 ViT-S: 12),
-   else the registry's.
+   the backbone name, stem and width multiplier of a ResNet, and what its framework fixed
+   (``Release.settings``: TensorFlow's padding, SimCLR's unnormalised pixels); a ViT's
+   size, patch size, and position embedding: ``sincos`` / ``sincos_mae`` when the file's
+   table equals the MoCo v3 / MAE sin-cos table ssl_jax computes, else ``learned``
+   holding the file's values (DINO's), resized to the preset's grid when it differs. ViT
+   heads are not in the shapes: ``model.vit.num_heads`` if set, else the release's (MoCo
+   v3 ViT-S: 12), else the registry's.
 3. The preset's train state is initialised as for pretraining; the file's networks replace
    their counterparts in it. The backbone always; heads, predictor, momentum encoder /
    teacher, MoCo's queue, DINO's center and MAE's decoder (whose fixed table must be the
@@ -39,7 +42,7 @@ from ssl_jax import config_base, paths
 from ssl_jax.checkpoint import CONFIG_FILE, Checkpointer, check_and_save_config
 from ssl_jax.models import VITS
 from ssl_jax.models.pos_embed import SINCOS_LAYOUTS, interpolate_pos_embed, sincos_pos_embed
-from ssl_jax.weights import formats, tensor_files
+from ssl_jax.weights import formats
 from ssl_jax.weights.torch_layout import (
     LayoutError,
     from_torch,
@@ -57,7 +60,12 @@ def _model_settings(release: formats.Release, fmt: str, config) -> dict[str, Any
     backbone = release.online.get("backbone") or release.target["backbone"]
     if release.backbone_kind == "resnet":
         found = infer_resnet(backbone, "backbone")
-        return {"model.backbone": found["backbone"], "model.stem": found["stem"]}
+        return {
+            "model.backbone": found["backbone"],
+            "model.stem": found["stem"],
+            "model.width_multiplier": found["width_multiplier"],
+            **release.settings,
+        }
     found = infer_vit(backbone, "backbone")
     name, patch = found["backbone"], found["patch_size"]
     settings = {"model.backbone": name, "model.vit.patch_size": patch}
@@ -210,6 +218,13 @@ def _place(
     return state, loaded, fresh
 
 
+def _flag_value(value: Any) -> str:
+    """A config value as a flag takes it (a tuple without spaces, for the shell)."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(str, value)) + ")"
+    return str(value)
+
+
 def _refuse_existing(workdir: str) -> None:
     checkpoints = paths.join(workdir, "checkpoints")
     if paths.exists(paths.join(workdir, CONFIG_FILE)) or (
@@ -226,8 +241,9 @@ def import_checkpoint(
     from ssl_jax import parallel, train
 
     _refuse_existing(workdir)
-    contents, _ = tensor_files.read(path)
-    release = formats.read_release(fmt, contents, path)
+    if fmt not in formats.FORMATS:  # before a file is read as some other format
+        formats.read_release(fmt, {}, path)
+    release = formats.read_release(fmt, formats.read_file(fmt, path), path)
     try:
         settings = _model_settings(release, fmt, config)
         config = config_base.with_values(config, settings)
@@ -261,7 +277,7 @@ def import_checkpoint(
         "file": path,
         "format": fmt,
         "method": config.method,
-        "config_overrides": [f"--config.{k}={v}" for k, v in settings.items()],
+        "config_overrides": [f"--config.{k}={_flag_value(v)}" for k, v in settings.items()],
         "from_the_file": loaded,
         "fresh_init": fresh,
         "not_imported": left_out,

@@ -209,7 +209,8 @@ def strip(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def infer_resnet(state_dict: dict[str, np.ndarray], what: str) -> dict[str, Any]:
-    """``{'backbone', 'stem'}`` of the torchvision ResNet whose keys ``state_dict`` holds."""
+    """``{'backbone', 'stem', 'width_multiplier'}`` of the torchvision ResNet whose keys
+    ``state_dict`` holds (a wide one widens every conv: SimCLR's 2x, SwAV's w2)."""
     if "conv1.weight" not in state_dict:
         raise LayoutError(f"the {what} has no 'conv1.weight': no torchvision ResNet.")
     stages = []
@@ -218,14 +219,14 @@ def infer_resnet(state_dict: dict[str, np.ndarray], what: str) -> dict[str, Any]
         stages.append(len(blocks))
     block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
     width, _, kernel, _ = state_dict["conv1.weight"].shape
-    found = (block, tuple(stages), int(width))
-    names = [name for name, spec in RESNETS.items() if spec == found]
-    if not names:
-        raise LayoutError(
-            f"the {what} is a ResNet with {block} blocks {tuple(stages)} and width {width}, "
-            f"which is none of {sorted(RESNETS)}."
-        )
-    return {"backbone": names[0], "stem": "imagenet" if kernel == 7 else "cifar"}
+    for name, (block_, stages_, base) in RESNETS.items():
+        if (block_, stages_) == (block, tuple(stages)) and width % base == 0:
+            stem = "imagenet" if kernel == 7 else "cifar"
+            return {"backbone": name, "stem": stem, "width_multiplier": int(width) // base}
+    raise LayoutError(
+        f"the {what} is a ResNet with {block} blocks {tuple(stages)} and width {width}, "
+        f"which is none of {sorted(RESNETS)} at any width multiplier."
+    )
 
 
 def infer_vit(state_dict: dict[str, np.ndarray], what: str) -> dict[str, Any]:
