@@ -5,9 +5,10 @@ import os
 import shutil
 import tempfile
 
-# LLVM optimisation level 0 compiles about a third faster; the tests run a few steps
-# each, so compilation, not execution, is their cost.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# LLVM optimisation level 1 compiles faster than the default level and runs almost as
+# fast: a SimCLR smoke step on 8 fake devices compiles in 8.6 s and runs in 0.3 s, against
+# 10.5 s / 0.3 s at the default and 10.8 s / 4.2 s at level 0 (measured 2026-12-01).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
 os.environ["XLA_FLAGS"] = (
     f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()

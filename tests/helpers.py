@@ -53,7 +53,7 @@ def ssl_jax_process(
 ):
     """Starts ``python -m ssl_jax.main *args`` in ``cwd`` (the checkout) with ``devices``
     fake CPU devices; its stderr goes to its stdout unless ``merge_stderr=False``.
-    ``fast_compile=False`` drops conftest's LLVM optimisation level 0: the code users run."""
+    ``fast_compile=False`` drops conftest's LLVM optimisation level: the code users run."""
     # This process's XLA flags (conftest's), with the device count replaced.
     dropped = ("--xla_force_host_platform_device_count",)
     if not fast_compile:

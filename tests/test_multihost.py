@@ -9,8 +9,8 @@ the same step (JAX's preemption sync point) and exit 75; the same commands then 
 and finish it, and a copy of the preempted workdir is finished by one process with 8
 devices instead, as a pod job restarted on a single host would be.
 
-Both sides run as `ssl-jax` processes compiled as users' are, without the suite's LLVM
-optimisation level 0: at that level the 2-process program's float32 arithmetic already
+Both sides run as `ssl-jax` processes compiled as users' are, without the suite's lower LLVM
+optimisation level: at level 0 the 2-process program's float32 arithmetic already
 differs from one process's by 1e-6 at step 1, and by step 5 of MoCo an activation near a
 ReLU kink turned a 1e-7 difference into 4e-4 in the gradient norm (reproduced on two
 machines; `experiments/numerics/agreement.py` prints the step-by-step differences). At the
