@@ -1,6 +1,8 @@
 """MoCo v1 (arXiv:1911.05722; facebookresearch/moco main_moco.py defaults).
 
-Usage: --config=configs/moco_v1.py:<preset> with preset in digits, cifar10, imagenet, smoke.
+Usage: --config=configs/moco_v1.py:<preset> with preset in digits, cifar10, imagenet,
+imagenet_cmc, smoke. ``imagenet_cmc`` is the momentum-encoder form of CMC's repository
+(HobbitLong/CMC train_moco_ins.py --moco); ``--config.moco.loss=nce`` its NCE variant.
 """
 
 from ssl_jax import config_base
@@ -24,6 +26,18 @@ def imagenet():
     c = _moco_v1()
     config_base.use_imagenet(c, recipes.recipe("moco_v1"))
     c.input.global_batch_size = 256
+    return c
+
+
+def imagenet_cmc():
+    """HobbitLong/CMC's MoCo (README: train_moco_ins.py --batch_size 128 --nce_k 16384
+    --softmax --moco on 4 GPUs, "the same hyperparameters as in MoCo": 200 epochs, lr 0.03,
+    x0.1 at 120 and 160, wd 1e-4; --alpha 0.999, --nce_t 0.07, crop 0.2 with colour jitter).
+    Without --softmax it is the NCE form: --config.moco.loss=nce."""
+    c = imagenet()
+    c.input.global_batch_size = 128
+    c.moco.update(queue_size=16384, momentum=0.999, temperature=0.07, bn_groups=4)
+    c.optim.lr = 0.06  # 0.03 at batch 128 under the linear scaling
     return c
 
 
@@ -57,7 +71,13 @@ def smoke():
     return c
 
 
-PRESETS = dict(digits=digits, cifar10=cifar10, imagenet=imagenet, smoke=smoke)
+PRESETS = dict(
+    digits=digits,
+    cifar10=cifar10,
+    imagenet=imagenet,
+    imagenet_cmc=imagenet_cmc,
+    smoke=smoke,
+)
 
 
 def get_config(arg=None):

@@ -155,3 +155,50 @@ def test_queue_starts_as_unit_vectors():
     norms = np.linalg.norm(np.asarray(state.extra["queue"]), axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     assert state.extra["queue"].shape == (32, 8)
+
+
+def test_the_nce_form_is_cmcs_memory_moco_with_z_set_on_the_first_step():
+    """HobbitLong/CMC MemoryMoCo + NCECriterion: P = exp(l / T) / Z over [positive, queue],
+    Z = N mean(exp(l / T)) on the first step and kept; NCE with uniform noise 1/N."""
+    config = _config()
+    num_examples = 500
+    with config.unlocked():
+        config.moco.loss = "nce"
+        config.schedule.num_examples = num_examples
+    model, state, batch = _setup(config)
+    assert float(state.extra["nce_z"]) < 0  # not set yet
+    loss, aux = moco.loss_fn(
+        state.params, state, batch, jax.random.key(3), model=model, config=config
+    )
+    q, k = np.asarray(aux["embeddings"]), np.asarray(aux["extra"]["keys"])
+    queue, t = np.asarray(state.extra["queue"]), config.moco.temperature
+    scores = np.exp(np.concatenate([(q * k).sum(1, keepdims=True), q @ queue.T], 1) / t)
+    z = scores.mean() * num_examples
+    np.testing.assert_allclose(float(aux["extra"]["nce_z"]), z, rtol=1e-5)
+    p, k_noise, noise = scores / z, queue.shape[0], 1.0 / num_examples
+    expected = (
+        -(
+            np.log(p[:, 0] / (p[:, 0] + k_noise * noise)).sum()
+            + np.log(k_noise * noise / (p[:, 1:] + k_noise * noise)).sum()
+        )
+        / q.shape[0]
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+
+    extra = moco.update_extra(state.extra, params=None, aux=aux, step=0, config=config)
+    assert float(extra["nce_z"]) == float(aux["extra"]["nce_z"])  # kept from now on
+    later = state.replace(extra=extra)
+    _, aux2 = moco.loss_fn(
+        state.params, later, batch, jax.random.key(4), model=model, config=config
+    )
+    assert float(aux2["extra"]["nce_z"]) == float(extra["nce_z"])
+    bound = 1 / np.sqrt(config.model.head.out_dim / 3)  # MemoryMoCo's uniform queue init
+    assert np.abs(queue).max() <= bound and np.abs(queue).max() > 0.5 * bound
+
+
+def test_an_unknown_loss_is_refused_naming_it():
+    config = _config()
+    with config.unlocked():
+        config.moco.loss = "hinge"
+    with pytest.raises(ValueError, match="moco.loss='hinge' is none of"):
+        moco.validate(config)

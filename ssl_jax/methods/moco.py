@@ -17,6 +17,13 @@ v1 vs v2 is configuration: fc vs 2-layer MLP head, T 0.07 vs 0.2, augmentation, 
 `symmetric=True` is the MoCo CIFAR demo's symmetric loss: both crops serve as query,
 the two losses are summed, and both key batches (2B) are enqueued.
 
+`loss="nce"` is the momentum-encoder form of CMC's repository (HobbitLong/CMC
+train_moco_ins.py --moco without --softmax: MemoryMoCo + NCECriterion): the same
+positive and queue scores s_j = exp(q.k_j / T), as probabilities s_j / Z with Z set once,
+on the first step, to N mean(s) over the training set's N examples, and InstDisc's NCE
+(``losses.nce``) in place of the cross-entropy. Its queue starts as that repository's
+U(-1/sqrt(D/3), 1/sqrt(D/3)) rows.
+
 Differences from the reference implementation:
 - BatchNorm "per GPU" is emulated with `bn_groups` contiguous groups of the global batch,
   so the semantics do not depend on the number of devices (docs/ARCHITECTURE.md).
@@ -48,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
             bn_groups=8,  # per-GPU BN of 8 GPUs; 1 = global (SyncBN) and no shuffle effect
             shuffle_keys=True,  # shuffle BN for the key encoder
             symmetric=False,  # CIFAR demo's --symmetric
+            loss="softmax",  # "nce": CMC repository's MoCo without --softmax (see above)
         )
     )
 
@@ -56,6 +64,13 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     return make_encoder(
         config.model, bn_groups=config.moco.bn_groups, image_size=config.input.image_size
     )
+
+
+LOSSES = ("softmax", "nce")
+
+
+def _loss(config: ml_collections.ConfigDict) -> str:
+    return config.moco.get("loss", "softmax")  # absent from runs made before the option
 
 
 def keys_per_step(config: ml_collections.ConfigDict) -> int:
@@ -73,6 +88,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             + (" x 2 for the symmetric loss" if cfg.symmetric else "")
             + "), so every enqueue is one contiguous slice."
         )
+    if _loss(config) not in LOSSES:
+        raise ValueError(f"moco.loss={_loss(config)!r} is none of {LOSSES}.")
     if batch % cfg.bn_groups:
         raise ValueError(
             f"input.global_batch_size={batch} is not divisible by moco.bn_groups="
@@ -82,15 +99,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def init_extra(params: Any, batch_stats: Any, config: ml_collections.ConfigDict) -> dict:
     """Momentum encoder copy, and a queue of random unit vectors as in the reference."""
-    dim = config.model.head.out_dim
+    dim, size = config.model.head.out_dim, config.moco.queue_size
     key = jax.random.fold_in(jax.random.key(config.seed), 0x70C0)
-    queue = losses.l2_normalize(jax.random.normal(key, (config.moco.queue_size, dim)))
-    return dict(
+    extra = dict(
         target_params=jax.tree.map(jnp.copy, params),
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        queue=queue,  # [K, D]
         queue_ptr=jnp.zeros((), jnp.int32),
     )
+    if _loss(config) == "nce":
+        extra.update(queue=primitives.init_bank(key, size, dim), nce_z=jnp.full((), -1.0))
+    else:
+        extra["queue"] = losses.l2_normalize(jax.random.normal(key, (size, dim)))  # [K, D]
+    return extra
 
 
 def _key(model, params, batch_stats, x, rng, shuffle: bool):
@@ -110,6 +130,7 @@ def loss_fn(params, state, batch, rng, *, model, config):
 
     batch_stats, target_stats = state.batch_stats, extra["target_batch_stats"]
     loss, keys, features, metrics = 0.0, [], [], {}
+    z = extra.get("nce_z")
     for i, (qi, ki) in enumerate(pairs):
         out, batch_stats = primitives.apply_train(model, params, batch_stats, views[:, qi])
         q = losses.l2_normalize(out["projection"])  # [B, D]
@@ -122,6 +143,12 @@ def loss_fn(params, state, batch, rng, *, model, config):
             cfg.shuffle_keys,
         )
         pair_loss, logits = losses.info_nce(q, k, queue, cfg.temperature)
+        if _loss(config) == "nce":
+            scores = jnp.exp(logits)  # [B, 1 + K]
+            rows = primitives.bank_rows(config)
+            z = primitives.nce_normaliser(z, scores, rows)
+            pair_loss = losses.nce(scores / z, rows)
+            metrics["positive_prob"] = jnp.mean(scores[:, 0] / z)
         loss += pair_loss
         keys.append(k)
         features.append(out["embedding"])
@@ -137,6 +164,8 @@ def loss_fn(params, state, batch, rng, *, model, config):
         metrics=metrics,
         extra=dict(target_params=target_params, target_batch_stats=target_stats, keys=keys),
     )
+    if z is not None:
+        aux["extra"]["nce_z"] = z
     return loss, aux
 
 
@@ -145,9 +174,12 @@ def update_extra(extra, *, params, aux, step, config):
     del params, step, config
     new = aux["extra"]
     queue, ptr = primitives.enqueue(extra["queue"], extra["queue_ptr"], new["keys"])
-    return dict(
+    updated = dict(
         target_params=new["target_params"],
         target_batch_stats=new["target_batch_stats"],
         queue=queue,
         queue_ptr=ptr,
     )
+    if "nce_z" in extra:
+        updated["nce_z"] = new["nce_z"]
+    return updated
