@@ -54,9 +54,8 @@ MODELS = {
 GOOGLE_RELEASES = {"simclr": "simclr", "byol": "same"}  # format -> reference padding
 
 
-def _google_release(net, fmt: str, directory: str) -> str:
-    """``net``'s weights as the release file of ``fmt``; returns its path."""
-    sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
+def _google_release(sd: dict, fmt: str, directory: str) -> str:
+    """The torchvision-key weights ``sd`` as the release file of ``fmt``; returns its path."""
     if fmt == "simclr":
         variables = {f"resnet_model/{k}": v for k, v in google_nets.simclr_paths(sd).items()}
         return google_nets.write_simclr(variables, os.path.join(directory, "saved_model"))
@@ -67,9 +66,9 @@ def _google_release(net, fmt: str, directory: str) -> str:
 def measure_google_release(name: str, num_images: int, directory: str) -> dict:
     build, fmt, side = MODELS[name]
     net = torch_nets.randomise(build())
-    path = _google_release(net, fmt, directory)
-    images = np.random.default_rng(0).normal(size=(num_images, side, side, 3)).astype(np.float32)
     sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
+    path = _google_release(sd, fmt, directory)
+    images = np.random.default_rng(0).normal(size=(num_images, side, side, 3)).astype(np.float32)
     want = google_nets.resnet_features(sd, images, GOOGLE_RELEASES[fmt])
     method = "simclr" if fmt == "simclr" else "byol"
     config = catalog.load_config(method, "digits", os.path.join(ROOT, "configs"))

@@ -207,10 +207,14 @@ def read_file(fmt: str, path: str) -> dict:
 DEFAULT_HEADS = {"moco_v3": {"vit_small": 12}}
 
 
-def read_release(fmt: str, contents: dict, path: str) -> Release:
-    """The `Release` of ``contents`` in format ``fmt``; errors name the file and format."""
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise LayoutError(f"unknown --format={fmt!r}; valid formats: {sorted(FORMATS)}.")
+
+
+def read_release(fmt: str, contents: dict, path: str) -> Release:
+    """The `Release` of ``contents`` in format ``fmt``; errors name the file and format."""
+    check_format(fmt)
     try:
         release = FORMATS[fmt](contents)
     except LayoutError as e:

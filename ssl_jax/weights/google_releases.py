@@ -64,6 +64,17 @@ _SIMCLR_BLOCK = re.compile(
 _SIMCLR_HEAD = re.compile(r"linear_layers/(\d+)/(dense|bn_relu/bn)/(\w+)")
 
 
+def _torch_modules(where: tuple, kind: str, by_index: dict) -> list[str]:
+    """torchvision module names of one SimCLR layer list's convs or BNs (``kind``), in
+    list order: the stem's, a shortcut's, or a bottleneck's three."""
+    if where == ("stem",):
+        return ["conv1" if kind == "conv" else "bn1"]
+    block = f"layer{where[0] + 1}.{where[1]}"
+    if where[2] == "projection_layers":
+        return [f"{block}.downsample.{0 if kind == 'conv' else 1}"]
+    return [f"{block}.{kind}{i + 1}" for i in range(len(by_index))]
+
+
 def _simclr_resnet(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     convs: dict[tuple, dict[int, np.ndarray]] = {}  # (prefix) -> {list index: kernel}
@@ -91,21 +102,11 @@ def _simclr_resnet(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "sk0 ResNets."
         )
     for where, by_index in convs.items():
-        if where == ("stem",):
-            names = ["conv1"]
-        elif where[2] == "projection_layers":
-            names = [f"layer{where[0] + 1}.{where[1]}.downsample.0"]
-        else:
-            names = [f"layer{where[0] + 1}.{where[1]}.conv{i + 1}" for i in range(len(by_index))]
+        names = _torch_modules(where, "conv", by_index)
         for name, index in zip(names, sorted(by_index), strict=True):
             state[f"{name}.weight"] = _conv(by_index[index])
     for where, by_index in bns.items():
-        if where == ("stem",):
-            names = ["bn1"]
-        elif where[2] == "projection_layers":
-            names = [f"layer{where[0] + 1}.{where[1]}.downsample.1"]
-        else:
-            names = [f"layer{where[0] + 1}.{where[1]}.bn{i + 1}" for i in range(len(by_index))]
+        names = _torch_modules(where, "bn", by_index)
         for name, index in zip(names, sorted(by_index), strict=True):
             for leaf, value in by_index[index].items():
                 state[f"{name}.{_TF_BN[leaf]}"] = np.asarray(value)

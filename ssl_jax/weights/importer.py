@@ -241,8 +241,7 @@ def import_checkpoint(
     from ssl_jax import parallel, train
 
     _refuse_existing(workdir)
-    if fmt not in formats.FORMATS:  # before a file is read as some other format
-        formats.read_release(fmt, {}, path)
+    formats.check_format(fmt)  # before a file is read as some other format
     release = formats.read_release(fmt, formats.read_file(fmt, path), path)
     try:
         settings = _model_settings(release, fmt, config)
