@@ -32,6 +32,7 @@ setup(
         "matplotlib>=3.8",
         "tensorboard>=2.18",
         "safetensors>=0.4",
+        "tqdm>=4.60",  # evaluation progress bars on a terminal
     ],
     # torch only reads and writes .pth files (ssl-jax import / export); nothing else uses it.
     extras_require={"test": ["pytest>=8", "ruff>=0.6"], "torch": ["torch>=2.1"]},

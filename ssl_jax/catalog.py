@@ -6,7 +6,7 @@ import os
 
 from ssl_jax import methods, models
 from ssl_jax.config_files import CONFIGS_DIR, config_module, load_config  # noqa: F401
-from ssl_jax.data import sources
+from ssl_jax.data import LOCAL_KINDS
 from ssl_jax.models import vit
 
 
@@ -34,7 +34,7 @@ def catalog_text(configs_dir: str = CONFIGS_DIR) -> str:
         "  ResNets: " + ", ".join(models.RESNETS),
         "  ViTs: " + ", ".join(vit.VITS),
         "data sets (config.input.dataset):",
-        f"  {sources.LOCAL_KINDS}, or a tfds name (e.g. cifar10, imagenet2012) prepared under "
+        f"  {LOCAL_KINDS}, or a tfds name (e.g. cifar10, imagenet2012) prepared under "
         "config.input.data_dir",
         "config presets (--config=<name>:<preset>, e.g. moco_v2:digits, from any directory;",
         f"  the files are in {configs_dir}; --config=<your file>.py:<preset> works too):",

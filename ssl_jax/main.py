@@ -6,16 +6,18 @@
     ssl-jax reconstruct --workdir=/tmp/mae_digits      # MAE: reconstruction.png of test images
     ssl-jax export --workdir=/tmp/moco_digits          # the encoder as one Flax msgpack file
     ssl-jax export --workdir=W --format=torchvision --out=r50.safetensors  # for PyTorch
-    ssl-jax import --from=moco_v2_800ep_pretrain.pth.tar --format=moco \
-        --config=configs/moco_v2.py:imagenet --workdir=W  # a released checkpoint -> a workdir
+    ssl-jax import --from=moco_v2_800ep_pretrain.pth.tar --format=moco
+        --config=moco_v2:imagenet --workdir=W  # a released checkpoint -> a workdir
     ssl-jax list                                       # methods, backbones, data sets, presets
+    ssl-jax config --config=moco_v2:imagenet --devices=64  # what a config implies, no compile
+    ssl-jax COMMAND --help                             # a command's purpose, flags, examples
     ssl-jax pretrain ... --config.optim.lr=0.1         # any config key can be overridden
     ssl-jax pretrain ... --distributed                 # multi-host: jax.distributed.initialize()
 
 Exit status: 0 done, 2 bad input, 3 diverged, 74 a checkpoint could not be written (the
-last good one is intact), 130 Ctrl-C (as SIGTERM, a second Ctrl-C stops at once),
-75 preempted (SIGTERM: a checkpoint was saved at the next step
-boundary; the same command resumes from it).
+last good one is intact), 75 preempted (SIGTERM: a checkpoint was saved at the next step
+boundary; the same command resumes from it), 130 Ctrl-C (as SIGTERM; a second Ctrl-C
+stops at once).
 
 The same command runs on a laptop CPU, a GPU box, or every host of a Cloud TPU VM pod.
 """
@@ -31,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ssl_jax import cli_help
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/simclr.py:digits.", lock_config=True
@@ -48,6 +52,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 
+_DEVICES = flags.DEFINE_integer(
+    "devices", None, "config: the device count to plan for (default: this machine's)."
+)
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "reconstruct: rows of the grid.")
 _SPLIT = flags.DEFINE_string(
     "split", None, "reconstruct: the images' split (default: input.eval_test_split)."
@@ -70,7 +77,7 @@ _FROM = flags.DEFINE_string(
     "checkpoint; byol: .pkl).",
 )
 
-COMMANDS = ("pretrain", "eval", "reconstruct", "export", "import", "list")
+COMMANDS = tuple(cli_help.COMMANDS)
 _EXIT_BAD_INPUT, _EXIT_DIVERGED, _EXIT_CANNOT_WRITE = 2, 3, 74  # 74: EX_IOERR
 
 
@@ -137,6 +144,9 @@ def _main(argv: list[str]) -> None:
         except BrokenPipeError:  # `ssl-jax list | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
+    if commands[0] == "config":
+        _dry_run()
+        return
     if not _WORKDIR.value:
         _fail(f"{commands[0]} needs --workdir=DIR (the run's directory).", _EXIT_BAD_INPUT)
     if commands[0] in ("pretrain", "import") and _CONFIG.value is None:
@@ -158,7 +168,14 @@ def _main(argv: list[str]) -> None:
         )
     except ValueError as e:
         _fail(str(e), _EXIT_BAD_INPUT)
-    from ssl_jax import train
+    import jax
+
+    from ssl_jax import console
+
+    # The run's first line comes before TensorFlow's import, seconds of silence otherwise.
+    talk = commands[0] == "pretrain" and jax.process_index() == 0
+    with console.phase("Importing TensorFlow for the input pipeline", enabled=talk):
+        from ssl_jax import train
     from ssl_jax.checkpoint import CheckpointWriteError
     from ssl_jax.preemption import Preempted
 
@@ -201,6 +218,23 @@ def _main(argv: list[str]) -> None:
         _fail(str(e), _EXIT_CANNOT_WRITE)
     except train.DivergenceError as e:
         _fail(f"training diverged: {e}", _EXIT_DIVERGED)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e), _EXIT_BAD_INPUT)
+
+
+def _dry_run() -> None:
+    """``ssl-jax config``: the resolved config and its implications, nothing compiled."""
+    if _CONFIG.value is None:
+        _fail("config needs --config, e.g. --config=simclr:digits.", _EXIT_BAD_INPUT)
+    import jax
+
+    from ssl_jax import dry_run
+
+    devices = _DEVICES.value or jax.device_count()
+    if devices < 1:
+        _fail(f"--devices={devices}: a device count must be at least 1.", _EXIT_BAD_INPUT)
+    try:
+        print(dry_run.describe(_CONFIG.value, devices), flush=True)
     except (ValueError, FileNotFoundError, KeyError) as e:
         _fail(str(e), _EXIT_BAD_INPUT)
 
@@ -291,6 +325,9 @@ def _with_config_paths(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point."""
+    if cli_help.wants_help(sys.argv):
+        print(cli_help.help_text(sys.argv, __doc__, flags.FLAGS), end="")
+        sys.exit(0)
     sys.argv = _with_config_paths(sys.argv)
     app.run(_main, flags_parser=parse_flags)
 

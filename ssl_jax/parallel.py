@@ -69,10 +69,10 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_global_batch(
-    global_batch_size: int, mesh: Mesh, key: str = "input.global_batch_size"
+    global_batch_size: int, devices: int, key: str = "input.global_batch_size"
 ) -> int:
-    """Returns the per-process batch size, or fails naming the config key and numbers."""
-    devices = mesh.devices.size
+    """Returns the per-process batch size, or fails naming the config key and numbers
+    (``devices``: the mesh's device count)."""
     if global_batch_size % devices:
         raise ValueError(
             f"{key}={global_batch_size} is not divisible by the "

@@ -23,7 +23,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from ssl_jax import config_check, methods, optim, parallel, paths, schedules
+from ssl_jax import config_check, console, methods, optim, parallel, paths, schedules
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import device_augment, eval_pipeline, pipeline
 from ssl_jax.data.sources import load_source
@@ -153,18 +153,33 @@ def online_probe_classes(config: ml_collections.ConfigDict) -> int:
     return source.num_classes or 0
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool = True) -> Setup:
-    """Validates the config against the mesh and the method, then compiles init and
-    update.
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a config implies on a number of devices, before anything is compiled: the
+    resolved schedule, the scaled lr, the optimizers, the model and the (unjitted) init."""
 
-    ``donate_state=False`` keeps the input state alive (no buffer donation): only for
-    measuring donation's memory effect (experiments/benchmark.py --donate=false)."""
+    config: ml_collections.ConfigDict  # schedule.total_steps / steps_per_epoch resolved
+    method: methods.Method
+    model: nn.Module
+    steps_per_epoch: int
+    total_steps: int
+    peak_lr: float
+    lr_fn: Callable[[Any], jax.Array]
+    tx: optax.GradientTransformation
+    probe_tx: optax.GradientTransformation | None
+    probe_classes: int
+    init_fn: Callable[[jax.Array], TrainState]
+
+
+def plan(config: ml_collections.ConfigDict, devices: int, process_count: int = 1) -> Plan:
+    """Validates the config against ``devices`` and the method, and resolves what it
+    implies (``ssl-jax config`` prints it; ``build`` compiles it)."""
     config_check.check(config)
-    parallel.check_global_batch(config.input.global_batch_size, mesh)
-    parallel.check_global_batch(config.evals.batch_size, mesh, "evals.batch_size")
+    parallel.check_global_batch(config.input.global_batch_size, devices)
+    parallel.check_global_batch(config.evals.batch_size, devices, "evals.batch_size")
     method = methods.get_method(config.method)
     method.validate(config)
-    spe = pipeline.steps_per_epoch(config.input, jax.process_count())
+    spe = pipeline.steps_per_epoch(config.input, process_count)
     # N for schedule.step_count's per-example rules.
     num_examples = eval_pipeline.num_eval_examples(config.input, config.input.train_split)
     config = schedules.resolve_steps(config, spe, num_examples)  # methods schedule by step
@@ -181,15 +196,27 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool =
     classes = online_probe_classes(config)
     probe_tx = online.optimizer(config.evals.online_linear_lr, total) if classes else None
     model = method.make_model(config)
+    init_fn = make_init_fn(method, model, tx, config, probe_tx, classes)
+    return Plan(config, method, model, spe, total, peak_lr, lr_fn, tx, probe_tx, classes, init_fn)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool = True) -> Setup:
+    """The config's ``plan`` on the mesh, with init and update jitted over it.
+
+    ``donate_state=False`` keeps the input state alive (no buffer donation): only for
+    measuring donation's memory effect (experiments/benchmark.py --donate=false)."""
+    p = plan(config, mesh.devices.size, jax.process_count())
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    init = jax.jit(make_init_fn(method, model, tx, config, probe_tx, classes), out_shardings=repl)
+    init = jax.jit(p.init_fn, out_shardings=repl)
     update = jax.jit(
-        make_update_fn(method, model, tx, lr_fn, config, probe_tx),
+        make_update_fn(p.method, p.model, p.tx, p.lr_fn, p.config, p.probe_tx),
         in_shardings=(repl, data, repl),
         out_shardings=(repl, repl),
         donate_argnums=0 if donate_state else (),
     )
-    return Setup(mesh, method, model, spe, total, init, update, classes)
+    return Setup(
+        mesh, p.method, p.model, p.steps_per_epoch, p.total_steps, init, update, p.probe_classes
+    )
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
@@ -202,8 +229,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pretrains, evaluates (kNN and linear probe vs random init) and returns the report."""
     start_time = time.time()
     mesh = parallel.make_mesh()
-    setup = build(config, mesh)
     is_chief = jax.process_index() == 0
+    with console.phase("Reading the data set and building the model", enabled=is_chief):
+        setup = build(config, mesh)
+    if is_chief:
+        devices = console.count(mesh.devices.size, "device")
+        print(
+            f"{config.method} on {config.input.dataset} {config.input.train_split!r}: "
+            f"{setup.total_steps:,} steps ({setup.steps_per_epoch:,} per epoch) of "
+            f"{config.input.global_batch_size} images on {devices}, workdir {workdir}",
+            flush=True,
+        )
     check_and_save_config(config, workdir, total_steps=setup.total_steps, write=is_chief)
     init_key, base_key = keys(config)
     base_key = parallel.replicate(base_key, mesh)
@@ -214,9 +250,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         keep=config.ckpt.keep,
         async_save=config.ckpt.async_save,
     )
-    with jax.set_mesh(mesh):  # as in the final report's call: one compiled init serves both
-        state = setup.init(init_key)
-    restored = ckpt.restore(state)
+    with console.phase("Initialising the train state (compiling its init)", enabled=is_chief):
+        with jax.set_mesh(mesh):  # as in the final report's call: one compiled init serves both
+            state = jax.block_until_ready(setup.init(init_key))
+    if ckpt.latest_step() is None:
+        restored = None
+    else:
+        with console.phase("Restoring the latest checkpoint", enabled=is_chief):
+            restored = ckpt.restore(state)
     start_step = 0
     if restored is not None:
         state, start_step = restored
@@ -255,7 +296,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     raise Preempted(start_step, ckpt.directory, preemption.signum)
             for step in range(start_step, setup.total_steps):
                 batch = parallel.to_global(next(batches), mesh)
-                state, metrics = setup.update(state, batch, base_key)
+                if step == start_step:  # the first call compiles; the others reuse it
+                    with writer.phase("Compiling the train step (once per process)"):
+                        state, metrics = jax.block_until_ready(setup.update(state, batch, base_key))
+                else:
+                    state, metrics = setup.update(state, batch, base_key)
                 buffer.add(step, metrics)
                 done = step + 1
                 is_last = done == setup.total_steps
@@ -313,7 +358,8 @@ def is_knn_step(config: ml_collections.ConfigDict, step: int, setup: Setup) -> b
 def knn_monitor(evaluator: Evaluator, state: TrainState, step: int, writer: MetricWriter) -> bool:
     """Logs the kNN monitor at ``step``; False if a preemption notice stopped it."""
     try:
-        scores = evaluator.knn(state, prefix="knn")
+        with writer.phase(f"step {step}: kNN monitor"):
+            scores = evaluator.knn(state, prefix="knn")
     except EvalInterrupted:
         return False
     writer.write(step, scores)

@@ -18,6 +18,7 @@ Files under ``workdir``:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -26,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ssl_jax import paths
+from ssl_jax import console, paths
 
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.txt"
@@ -192,6 +193,20 @@ class MetricWriter:
             sys.stdout.write("\n")
             sys.stdout.flush()
             self._line_open = False
+
+    @contextlib.contextmanager
+    def phase(self, text: str, *, off_the_clock: bool = True):
+        """A phase line (``console.phase``) below the progress line. ``off_the_clock``: its
+        time is left out of the next progress line's images/s and ETA (an evaluation or a
+        restore is not training speed)."""
+        self._end_line()
+        start = time.monotonic()
+        try:
+            with console.phase(text, enabled=self.enabled):
+                yield
+        finally:
+            if off_the_clock and self._last is not None:
+                self._last = (self._last[0], self._last[1] + time.monotonic() - start)
 
     def info(self, text: str) -> None:
         """Prints a message (e.g. an eval result) without clobbering the progress line."""

@@ -2,9 +2,14 @@
 
 import os
 import subprocess
+import sys
 
+import jax
 import pytest
-from helpers import config_flags, run_ssl_jax
+from absl import flags
+from helpers import config_flags, run_ssl_jax, smoke_config
+
+from ssl_jax import cli_help, dry_run, main, train
 
 
 @pytest.mark.parametrize(
@@ -14,6 +19,7 @@ from helpers import config_flags, run_ssl_jax
         ([], "expected one command out of pretrain, eval"),
         (["eval"], "eval needs --workdir=DIR"),
         (["pretrain"], "pretrain needs --config"),
+        (["config"], "config needs --config"),
         (
             ["pretrain", "--config=configs/no_such.py:smoke"],
             "flag --config=configs/no_such.py:smoke: cannot load config file "
@@ -30,6 +36,7 @@ from helpers import config_flags, run_ssl_jax
         "no_command",
         "no_workdir",
         "no_config",
+        "config_without_config",
         "missing_config_file",
         "unknown_config_name",
     ],
@@ -118,3 +125,70 @@ def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path):
     for own in (str(mine) + ":x", "configs/moco_v2.py:digits", "nosuch:smoke"):
         assert config_files.resolve_config_flag(own) == own  # paths and unknowns unchanged
     assert "moco_v3" in config_files.shipped_names()
+
+
+def _help(*args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", ["ssl-jax", *args])
+            main.run()
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_gives_the_overview_and_each_command_its_flags_and_an_example(capsys):
+    overview = _help("--help", capsys=capsys)
+    assert overview.startswith(main.__doc__.strip()[:40])  # the module's docstring
+    for name, command in cli_help.COMMANDS.items():
+        assert f"  {name:<12}{command.summary}" in overview
+        page = _help(name, "-h", capsys=capsys)
+        assert page.startswith(f"ssl-jax {name}: ")
+        for flag in command.flags:
+            assert f"  --{flag}" in page and flags.FLAGS[flag].help.split()[0] in page
+        for flag in command.required:
+            assert f"--{flag} (required)" in page
+        assert ("--config.KEY=VALUE" in page) == command.overrides
+        assert all(example in page for example in command.examples)
+
+
+def test_config_dry_run_states_the_runs_numbers_and_compiles_nothing():
+    config = smoke_config("moco", input__global_batch_size=32, moco__queue_size=96)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _, **kw: compiles.append(event) if "backend_compile" in event else None
+    )
+    text = dry_run.describe(config, devices=4)
+    assert not compiles
+    setup = train.build(config, train.parallel.make_mesh(jax.devices()[:4]))
+    implied = text.split("What this config implies")[1]
+    assert "on 4 devices, 1 process:" in implied
+    assert f"global batch 32 = 8 per device; {setup.steps_per_epoch} steps per epoch" in implied
+    assert f"= {setup.total_steps} steps" in implied
+    lr = config.optim.lr * 32 / 256
+    assert f"lr: peak {lr:.6g} = optim.lr {config.optim.lr:g} scaled x 32/256 (linear)" in implied
+    dim = config.model.head.out_dim
+    assert f"extra['queue'] (the method's own state): 96 x {dim} float32" in implied
+    assert str(config).splitlines()[0] in text  # the resolved config comes first
+
+
+def test_config_command_prints_the_plan_for_a_device_count_this_machine_lacks():
+    out = run_ssl_jax(
+        "config",
+        "--config=configs/simclr.py:smoke",
+        "--devices=64",
+        "--config.input.global_batch_size=64",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "on 64 devices, 1 process:" in out.stdout and "= 1 per device" in out.stdout
+    assert "Nothing was compiled" in out.stdout
+    bad = run_ssl_jax("config", "--config=configs/simclr.py:smoke", "--devices=3")
+    assert bad.returncode == 2 and "not divisible by the 3 devices" in bad.stderr, bad.stderr
+
+
+def test_list_imports_no_tensorflow():
+    code = (
+        "import sys; from ssl_jax import catalog; catalog.catalog_text(); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

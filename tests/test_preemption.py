@@ -103,7 +103,19 @@ def test_a_signal_checkpoints_at_the_next_step_exits_and_resumes_exactly(
 
     status, out = _finish(_start(workdir))
     assert status == 0, out
-    assert f"Resumed from the checkpoint at step {saved}" in out
+    # The run says what it does, each phase with its duration, before the first step.
+    phases = [
+        "Importing TensorFlow for the input pipeline: ",
+        "Reading the data set and building the model: ",
+        f"moco on digits 'train': {STEPS} steps",
+        "Initialising the train state (compiling its init): ",
+        "Restoring the latest checkpoint: ",
+        f"Resumed from the checkpoint at step {saved}",
+        "Compiling the train step (once per process): ",
+        f"step {saved + 1}/{STEPS} | ",
+    ]
+    at = [out.find(p) for p in phases]
+    assert -1 not in at and at == sorted(at), out
     _assert_same_run(config, expected_dir, workdir)
 
 

@@ -4,6 +4,9 @@ import glob
 import json
 import os
 
+import pytest
+
+from ssl_jax import console
 from ssl_jax.writer import MetricWriter, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,3 +128,35 @@ def test_progress_rewrites_one_line_on_a_tty(tmp_path, capsys, monkeypatch):
     w.close()
     out = capsys.readouterr().out
     assert out.count("\r") == 2 and out.count("\n") == 1 and out.endswith("\n")
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["log_file", "terminal"])
+def test_a_phase_says_what_and_how_long(capsys, monkeypatch, tty):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: tty)
+    now = [10.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    with console.phase("Compiling the train step"):
+        now[0] += 2.5
+    with console.phase("Quiet", enabled=False):
+        pass
+    out = capsys.readouterr().out
+    if tty:
+        assert out == "Compiling the train step... 2.5 s\n"
+    else:
+        assert out == "Compiling the train step...\nCompiling the train step: 2.5 s\n"
+
+
+def test_the_speed_line_leaves_out_the_time_of_an_evaluation(tmp_path, capsys, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("ssl_jax.writer.time.monotonic", lambda: now[0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    w = _writer(tmp_path)  # 32 images per step
+    w.progress(10, {"loss": 1.0})
+    now[0] += 1.0  # 10 steps of training...
+    with w.phase("step 10: kNN monitor"):
+        now[0] += 60.0  # ...and a minute of evaluation
+    now[0] += 1.0
+    w.progress(20, {"loss": 1.0})
+    w.close()
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "| 160.0 img/s | ETA 0:00:16" in last, last  # 10 steps in 2 s, 80 steps left

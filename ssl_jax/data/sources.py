@@ -53,7 +53,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow as tf
 
-from ssl_jax.data import image_files
+from ssl_jax.data import LOCAL_KINDS, image_files
 
 
 def hide_accelerators_from_tf() -> None:
@@ -68,7 +68,6 @@ def hide_accelerators_from_tf() -> None:
 hide_accelerators_from_tf()
 
 DIGITS_TRAIN_SIZE = 1437  # sklearn's 1797 digits: first 1437 train, last 360 test (80/20).
-LOCAL_KINDS = "digits, colour_digits, npz:<path>, folder:<path>"
 COLOUR_DIGITS_SEED = 0xC010
 
 _SPLIT_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<lo>[^:\]]*):(?P<hi>[^\]]*)\])?$")

@@ -15,8 +15,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ssl_jax.data import image_files
-from ssl_jax.data.sources import LOCAL_KINDS, Source
+from ssl_jax.data import LOCAL_KINDS, image_files
+from ssl_jax.data.sources import Source
 
 # The end of a tfds shard file name, '...-00003-of-00016', and a tfds id: shard file 3's
 # record 123 is '...-00003-of-00016__123'.

@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from ssl_jax import parallel
+from ssl_jax import console, parallel
 from ssl_jax.data import eval_pipeline
 from ssl_jax.evaluate import online
 from ssl_jax.evaluate.features import extract_features
@@ -43,7 +43,7 @@ class Evaluator:
         *,
         classifier_protocol: str | None = None,
     ):
-        parallel.check_global_batch(config.evals.batch_size, mesh, "evals.batch_size")
+        parallel.check_global_batch(config.evals.batch_size, mesh.devices.size, "evals.batch_size")
         self.config, self.mesh = config, mesh
         self.poll: Callable[[], None] = lambda: None
         self.variables_of = variables_of or (
@@ -74,12 +74,21 @@ class Evaluator:
 
     def features(self, state: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         variables = self.variables_of(state)
+        input_cfg, batch_size = self.config.input, self.config.evals.batch_size
         batches = eval_pipeline.eval_iterator(
-            self.config.input,
+            input_cfg,
             split,
-            global_batch_size=self.config.evals.batch_size,
+            global_batch_size=batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+        )
+        batches = console.progress_bar(
+            batches,
+            total=eval_pipeline.eval_num_batches(
+                input_cfg, split, global_batch_size=batch_size, process_count=jax.process_count()
+            ),
+            desc=f"features of {split}",
+            enabled=jax.process_index() == 0,
         )
         return extract_features(lambda x: self._embed(variables, x), batches, self.mesh, self.poll)
 
@@ -151,16 +160,18 @@ class Evaluator:
     def final_report(self, state: Any, init_state: Any, writer: Any) -> dict[str, Any]:
         """kNN and linear-probe top-1 of the trained and the random-init encoder."""
         cfg = self.config
-        trained = self.scores(state)
+        with writer.phase("Final evaluation: kNN and linear probe of the pretrained encoder"):
+            trained = self.scores(state)
         step = int(np.asarray(state.step.addressable_data(0)))
         if not trained:
             print("The evaluation splits have no labels: kNN and linear probe skipped.")
             return {}
         writer.write(step, {f"final_{k}": v for k, v in trained.items()})
         # The random-init network has no trained online probe to compare.
-        baseline = (
-            self.scores(init_state, online_probe=False) if cfg.evals.random_init_baseline else {}
-        )
+        baseline = {}
+        if cfg.evals.random_init_baseline:
+            with writer.phase("The same for a random-init encoder (the baseline)"):
+                baseline = self.scores(init_state, online_probe=False)
         protocol = {
             **({"top1": self.classifier_protocol} if self.classifier_protocol else {}),
             "knn_top1": f"kNN k={cfg.evals.knn_k} T={cfg.evals.knn_temperature}, cosine, weighted",
