@@ -35,6 +35,11 @@ setup(
         "tqdm>=4.60",  # evaluation progress bars on a terminal
     ],
     # torch only reads and writes .pth files (ssl-jax import / export); nothing else uses it.
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"], "torch": ["torch>=2.1"]},
+    # wandb: the optional W&B log (--config.log.wandb=<project>).
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "torch": ["torch>=2.1"],
+        "wandb": ["wandb>=0.17"],
+    },
     entry_points={"console_scripts": ["ssl-jax=ssl_jax.main:run"]},
 )

@@ -246,6 +246,7 @@ _RESUMABLE_CHANGES = (
     "evals.",
     "ckpt.",
     "log_every_steps",
+    "log.",  # where the metrics also go (W&B)
     "input.data_dir",
     "input.prefetch",
     "schedule.total_steps",

@@ -2,7 +2,7 @@
 
 `configs/<method>.py` builds on `base_config()` and fills in the method's presets; every
 config has the same top-level keys: seed, method, model, input, optim, schedule, evals,
-ckpt, log_every_steps, plus one section named after the method (e.g. `moco`).
+ckpt, log_every_steps, log, plus one section named after the method (e.g. `moco`).
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.ckpt = dict(every_steps=1000, keep=3, async_save=True)
     c.log_every_steps = 50
+    # Weights & Biases beside metrics.jsonl and TensorBoard (ssl_jax/wandb_log.py): the
+    # project name, "" for none; entity "" is W&B's default; mode "", online or offline.
+    c.log = dict(wandb="", wandb_entity="", wandb_mode="")
     return c
 
 

@@ -23,7 +23,16 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from ssl_jax import config_check, console, methods, optim, parallel, paths, schedules
+from ssl_jax import (
+    config_check,
+    console,
+    methods,
+    optim,
+    parallel,
+    paths,
+    schedules,
+    wandb_log,
+)
 from ssl_jax.checkpoint import Checkpointer, check_and_save_config
 from ssl_jax.data import device_augment, eval_pipeline, pipeline
 from ssl_jax.data.sources import load_source
@@ -175,6 +184,7 @@ def plan(config: ml_collections.ConfigDict, devices: int, process_count: int = 1
     """Validates the config against ``devices`` and the method, and resolves what it
     implies (``ssl-jax config`` prints it; ``build`` compiles it)."""
     config_check.check(config)
+    wandb_log.check(config.log)
     parallel.check_global_batch(config.input.global_batch_size, devices)
     parallel.check_global_batch(config.evals.batch_size, devices, "evals.batch_size")
     method = methods.get_method(config.method)
@@ -266,12 +276,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = load_pretrained(state, config, mesh)
     last_good = start_step if restored is not None else None
 
+    wandb_on = bool(config.log.wandb) and is_chief
     writer = MetricWriter(
         workdir,
         enabled=is_chief,
         total_steps=setup.total_steps,
         steps_per_epoch=setup.steps_per_epoch,
         images_per_step=config.input.global_batch_size,
+        also_to=[wandb_log.WandbLog(config.log, workdir, config)] if wandb_on else [],
     )
     writer.truncate_after(start_step)
     batches = pipeline.pretrain_iterator(

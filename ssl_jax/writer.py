@@ -86,8 +86,12 @@ class MetricWriter:
         total_steps: int,
         steps_per_epoch: int,
         images_per_step: int,
+        also_to: Sequence[Any] = (),
     ) -> None:
+        """``also_to``: further logs (``wandb_log.WandbLog``) with ``log(step, values)``
+        and ``close()``, written after metrics.jsonl and TensorBoard."""
         self.workdir = workdir
+        self._also_to = list(also_to) if enabled else []
         self.enabled = enabled
         self.total_steps = total_steps
         self.steps_per_epoch = max(steps_per_epoch, 1)
@@ -134,6 +138,8 @@ class MetricWriter:
             for name, value in values.items():
                 tf.summary.scalar(name, value, step=int(step))
         self._tb.flush()
+        for log in self._also_to:
+            log.log(int(step), values)
 
     def truncate_after(self, step: int) -> None:
         """Drops JSONL rows with a step beyond ``step`` (the restored checkpoint's step)."""
@@ -253,6 +259,9 @@ class MetricWriter:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+        for log in self._also_to:
+            log.close()
+        self._also_to = []
 
     def __enter__(self) -> MetricWriter:
         return self
