@@ -57,6 +57,9 @@ class Setup:
     update: Callable[..., tuple[TrainState, dict]]  # jitted, donates the state
     # Classes of the online linear probe; 0: no probe (switched off, or no labels).
     probe_classes: int = 0
+    # Static shapes the update records when it is traced (its first call), for the plots'
+    # reference lines: {"embedding_dim": d of aux["embeddings"]}.
+    traced: dict = dataclasses.field(default_factory=dict)
 
     def evaluator(self, config: ml_collections.ConfigDict) -> Evaluator:
         return Evaluator(
@@ -68,7 +71,7 @@ class Setup:
         )
 
 
-def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None) -> Callable:
+def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None, traced=None) -> Callable:
     """The pure train step: loss, gradient, optimizer, method extras, online probe, metrics.
 
     With ``input.augment_on_device`` the step first colour-augments and normalises the
@@ -76,8 +79,10 @@ def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None) -> Callable:
     global row, so the result depends on neither the device count nor a resume.
     With ``probe_tx`` the online linear probe takes its own step on the loss's stop-gradient
     features (``evaluate/online.py``); the method's gradient never sees it.
+    ``traced`` (a dict) receives static shapes when the step is traced (``Setup.traced``).
     """
     on_device = device_augment.check_config(config.input)
+    traced = {} if traced is None else traced
 
     def update_fn(state: TrainState, batch: dict, base_key: jax.Array):
         rng = jax.random.fold_in(base_key, state.step)
@@ -87,6 +92,7 @@ def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None) -> Callable:
             )
         grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state, batch, rng, model=model, config=config)
+        traced["embedding_dim"] = aux["embeddings"].shape[-1]
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = method.after_update(optax.apply_updates(state.params, updates), config)
         extra = method.update_extra(
@@ -109,7 +115,7 @@ def make_update_fn(method, model, tx, lr_fn, config, probe_tx=None) -> Callable:
             grad_norm=optax.global_norm(grads),
             param_norm=optax.global_norm(params),  # of the updated params: a finite
             # value here is what makes the next checkpoint safe to write
-            collapse_std=collapse.embedding_std(aux["embeddings"]),
+            collapse_std=collapse.embedding_std(aux["embeddings"]),  # ~1/sqrt(d) healthy
             effective_rank=_on_log_steps(collapse.effective_rank, aux["embeddings"], state, config),
             **aux["metrics"],
             **probe_metrics,
@@ -218,14 +224,23 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, donate_state: bool =
     p = plan(config, mesh.devices.size, jax.process_count())
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     init = jax.jit(p.init_fn, out_shardings=repl)
+    traced: dict = {}
     update = jax.jit(
-        make_update_fn(p.method, p.model, p.tx, p.lr_fn, p.config, p.probe_tx),
+        make_update_fn(p.method, p.model, p.tx, p.lr_fn, p.config, p.probe_tx, traced),
         in_shardings=(repl, data, repl),
         out_shardings=(repl, repl),
         donate_argnums=0 if donate_state else (),
     )
     return Setup(
-        mesh, p.method, p.model, p.steps_per_epoch, p.total_steps, init, update, p.probe_classes
+        mesh,
+        p.method,
+        p.model,
+        p.steps_per_epoch,
+        p.total_steps,
+        init,
+        update,
+        p.probe_classes,
+        traced,
     )
 
 
@@ -353,7 +368,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         processes=jax.process_count(),
     )
     if is_chief:
-        report["plots"] = writer.plots()
+        report["plots"] = writer.plots(embedding_dim=setup.traced.get("embedding_dim"))
         paths.write_text(paths.join(workdir, "report.json"), json.dumps(report, indent=2))
         if report["plots"]:
             names = ", ".join(os.path.basename(p) for p in report["plots"])

@@ -13,26 +13,23 @@ Files under ``workdir``:
 * ``tb/`` -- TensorBoard event files (``tf.summary``). Event files are append-only, so after
   a resume TensorBoard may show the re-run steps twice; ``metrics.jsonl`` does not.
 * ``report.txt`` -- the text tables passed to ``report``.
-* ``plots/*.png`` -- written by ``plots``.
+* ``plots/*.png`` -- written by ``plots``: ``summary.png`` and one per series (plots.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ssl_jax import console, paths
+from ssl_jax import console, paths, plots
+from ssl_jax.plots import FINAL_PREFIX  # the final evaluation's metrics (final_report)
 
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.txt"
-PLOT_PREFIXES = ("knn", "linear", "online_linear", "collapse", "effective_rank")
-FINAL_PREFIX = "final_"  # the final evaluation's metrics (Evaluator.final_report)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -234,21 +231,19 @@ class MetricWriter:
             paths.write_text(paths.join(self.workdir, REPORT_FILE), "\n".join(self._reports))
         return table
 
-    def plots(self) -> list[str]:
-        """PNG plots of loss, lr, kNN, linear and collapse diagnostics vs step."""
+    def plots(self, embedding_dim: int | None = None) -> list[str]:
+        """``plots/summary.png`` first, then one PNG per logged series (``plots.py``);
+        ``embedding_dim`` draws collapse_std's healthy level, 1/sqrt(d)."""
         if not self.enabled:
             return []
         rows = read_metrics(self.workdir)
-        names = sorted({k for r in rows for k in r if k != "step"})
-        wanted = [n for n in ("loss", "lr") if n in names]
-        wanted += [n for n in names if n.startswith(PLOT_PREFIXES)]
         out_dir = paths.join(self.workdir, "plots")
         paths.makedirs(out_dir)
-        written = []
-        for name in wanted:
-            points = [(r["step"], r[name]) for r in rows if name in r and math.isfinite(r[name])]
-            if points:
-                written.append(_plot_series(name, points, out_dir))
+        summary = plots.plot_summary(rows, out_dir, embedding_dim)
+        written = [summary] if summary else []
+        for name in plots.plotted_names(rows):
+            if plots.series(rows, name):
+                written.append(plots.plot_series(rows, name, out_dir, embedding_dim))
         return written
 
     def close(self) -> None:
@@ -268,26 +263,3 @@ class MetricWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _plot_series(name: str, points: list[tuple[int, float]], out_dir: str) -> str:
-    # The object-oriented Figure API renders with Agg without touching pyplot's global
-    # backend, so importing this module never changes the caller's matplotlib state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps, values = zip(*points, strict=True)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(steps, values, marker="o" if len(points) < 30 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.set_title(name)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = paths.join(out_dir, name.replace("/", "_") + ".png")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    paths.write_bytes(path, buffer.getvalue())
-    return path

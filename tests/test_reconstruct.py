@@ -75,17 +75,6 @@ def test_perfect_normalised_prediction_reconstructs_the_image(arrays):
     np.testing.assert_array_equal(_column(grid, 2), _column(grid, 0))
 
 
-def test_png_is_written_and_reads_back(arrays, tmp_path):
-    images, mask, pred = arrays
-    grid = _grid(images, pred, mask)
-    path = reconstruct.write_png(grid, str(tmp_path / "sub" / "grid.png"), scale=2)
-    back = matplotlib.image.imread(path)  # float 0..1, maybe RGBA
-    assert back.shape[:2] == (2 * B * S, 2 * 4 * S)
-    np.testing.assert_array_equal(np.round(back[::2, ::2, :3] * 255).astype(np.uint8), grid)
-    with pytest.raises(ValueError, match="uint8"):
-        reconstruct.write_png(grid.astype(np.float32), str(tmp_path / "x.png"))
-
-
 def test_figure_from_the_eval_split(tmp_path):
     config = load_config("mae", "smoke")
     model = mae.make_model(config)
@@ -100,7 +89,8 @@ def test_figure_from_the_eval_split(tmp_path):
         grid.reshape(4, S, 4, S, 3)[:, :, 0],
         reconstruct.to_uint8(images, config.input.mean, config.input.std),
     )
-    assert matplotlib.image.imread(out).shape[:2] == (8 * 4 * S, 8 * 4 * S)  # 128 px per image
+    height, width = matplotlib.image.imread(out).shape[:2]  # labelled, 96+ px per image
+    assert width >= 4 * 96 and height >= 4 * 96
     pred, mask = reconstruct.predict(model, variables, images, jax.random.key(3))
     assert pred.shape == (4, 16, P * P * 3)
     np.testing.assert_array_equal(np.asarray(mask).sum(1), 12.0)

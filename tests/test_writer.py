@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ssl_jax import console
+from ssl_jax import console, plots
 from ssl_jax.writer import MetricWriter, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,8 +101,15 @@ def test_plots_are_png(tmp_path):
     w.write(4, {"collapse/std": 0.5, "linear_top1": 50.0})
     paths = w.plots()
     w.close()
-    names = sorted(os.path.basename(p) for p in paths)
-    assert names == ["collapse_std.png", "knn_top1.png", "linear_top1.png", "loss.png", "lr.png"]
+    names = [os.path.basename(p) for p in paths]
+    assert names[0] == "summary.png"  # the report names it first
+    assert sorted(names[1:]) == [
+        "collapse_std.png",
+        "knn_top1.png",
+        "linear_top1.png",
+        "loss.png",
+        "lr.png",
+    ]
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == PNG_SIGNATURE
@@ -160,3 +167,40 @@ def test_the_speed_line_leaves_out_the_time_of_an_evaluation(tmp_path, capsys, m
     w.close()
     last = capsys.readouterr().out.splitlines()[-1]
     assert "| 160.0 img/s | ETA 0:00:16" in last, last  # 10 steps in 2 s, 80 steps left
+
+
+def _axes():
+    fig = plots._figure((4, 3))
+    return fig, fig.add_subplot()
+
+
+def test_a_plot_has_integer_steps_its_unit_the_final_point_and_reference_lines():
+    rows = [
+        {"step": 1, "knn_top1": 20.0, "collapse_std": 0.05, "effective_rank": 5.0},
+        {"step": 3, "knn_top1": 40.0, "collapse_std": 0.08, "effective_rank": 9.0},
+        {"step": 3, "final_knn_top1": 45.0},
+    ]
+    fig, ax = _axes()
+    plots.draw(ax, rows, "knn_top1")
+    fig.canvas.draw()
+    assert ax.get_ylabel() == "top-1 accuracy (%)" and ax.get_xlabel() == "step"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    final = [line for line in ax.get_lines() if line.get_label() == "final knn_top1"]
+    assert len(final) == 1 and list(final[0].get_ydata()) == [45.0]
+
+    fig, ax = _axes()
+    plots.draw(ax, rows, "collapse_std", embedding_dim=64)
+    levels = sorted(line.get_ydata()[0] for line in ax.get_lines()[1:])
+    assert levels == [0.0, 1 / 8]  # collapsed, and healthy 1/sqrt(64)
+    fig, ax = _axes()
+    plots.draw(ax, rows, "effective_rank")
+    assert [line.get_ydata()[0] for line in ax.get_lines()[1:]] == [1.0]
+
+
+def test_the_summary_has_a_panel_per_logged_kind():
+    rows = [{"step": 1, "loss": 2.0, "lr": 0.1, "knn_top1": 30.0, "online_linear_top1": 20.0}]
+    assert plots.summary_panels(rows) == [
+        ["loss"],
+        ["lr"],
+        ["knn_top1", "online_linear_top1"],
+    ]

@@ -20,18 +20,16 @@ reconstruct``) reads the params of a run's latest checkpoint, and nothing else, 
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib.image
 import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ssl_jax import losses, methods, paths, pretrained
+from ssl_jax import losses, methods, paths, plots, pretrained
 from ssl_jax.data import eval_pipeline
 from ssl_jax.models.mae import MAE, patchify, unpatchify
 
@@ -105,21 +103,6 @@ def reconstruction_grid(
     return panels.transpose(0, 2, 1, 3, 4).reshape(b * s, c * w, ch)
 
 
-def write_png(grid: np.ndarray, path: str, scale: int = 1) -> str:
-    """Writes a uint8 ``[H, W, 3]`` image, each pixel repeated ``scale`` times per side
-    (16-px digits are unreadable at 1:1), with matplotlib; returns the path."""
-    if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[-1] != 3:
-        raise ValueError(f"write_png needs uint8 [H, W, 3], got {grid.dtype} {grid.shape}.")
-    if scale < 1:
-        raise ValueError(f"scale={scale} must be >= 1.")
-    big = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, big, format="png")
-    paths.makedirs(os.path.dirname(paths.absolute(path)))
-    paths.write_bytes(path, buffer.getvalue())
-    return path
-
-
 def eval_images(config: ml_collections.ConfigDict, num_images: int, split: str) -> np.ndarray:
     """The first ``num_images`` normalised images ``[n, S, S, 3]`` of ``split`` (the eval
     preprocessing, fixed order)."""
@@ -141,13 +124,12 @@ def reconstruction_figure(
     split: str | None = None,
     seed: int = 0,
     out_path: str | None = None,
-    scale: int | None = None,
 ) -> np.ndarray:
     """The grid for the first ``num_images`` of ``split`` (default
     ``config.input.eval_test_split``), masked at ``config.mae.mask_ratio`` with noise from
-    ``seed``; written as a PNG to ``out_path`` when given. ``variables`` holds the MAE's
-    ``'params'`` (e.g. ``{'params': state.params}`` of a restored state). ``scale``
-    enlarges the PNG (default: to about 128 px per image)."""
+    ``seed``; with ``out_path`` also written as a labelled PNG (``plots.labelled_grid``:
+    column names and a title with the model, patch size, ratio and split). ``variables``
+    holds the MAE's ``'params'`` (e.g. ``{'params': state.params}`` of a restored state)."""
     split = split or config.input.eval_test_split
     images = eval_images(config, num_images, split)
     params = jax.device_get(variables["params"])  # off the training mesh: plain host arrays
@@ -164,8 +146,16 @@ def reconstruction_figure(
         norm_pix_loss=config.mae.norm_pix_loss,
     )
     if out_path:
-        size = config.input.image_size
-        write_png(grid, out_path, scale or max(1, 128 // size))
+        ratio = config.mae.mask_ratio
+        paths.makedirs(os.path.dirname(paths.absolute(out_path)))
+        plots.labelled_grid(
+            grid,
+            COLUMNS,
+            config.input.image_size,
+            out_path,
+            title=f"MAE {config.model.backbone}, patch {model.backbone.patch_size}, "
+            f"{ratio:.0%} of the patches removed; {split}",
+        )
     return grid
 
 
