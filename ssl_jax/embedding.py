@@ -122,12 +122,25 @@ def _load(source: str) -> _Loaded:
     return _from_state_dict(source)
 
 
-def load_encoder(source: str) -> tuple[nn.Module, dict[str, Any]]:
+def load_encoder(source: str, *, nnx: bool = False) -> Any:
     """``(module, variables)`` of a workdir, an export or a torchvision / timm state dict:
     ``module.apply(variables, images, train=False)`` -> ``[B, D]`` features of normalised
-    ``[B, H, W, 3]`` images."""
+    ``[B, H, W, 3]`` images.
+
+    ``nnx=True``: one Flax NNX module holding the variables instead (Flax's Linen -> NNX
+    bridge, ``nnx.bridge.ToNNX``), ``model(images, train=False)`` -> the same features;
+    ``nnx.split(model)`` gives its graph and state for NNX training code."""
     loaded = _load(source)
-    return loaded.module, loaded.variables
+    if not nnx:
+        return loaded.module, loaded.variables
+    from flax.nnx import bridge
+    from flax.nnx.bridge import variables as bridge_variables
+
+    model = bridge.ToNNX(loaded.module)
+    # What ToNNX's own lazy_init stores, from these variables instead of a random init.
+    for name, value in bridge_variables.linen_vars_to_nnx_attrs(loaded.variables).items():
+        setattr(model, name, value)
+    return model
 
 
 def embed(source: str, images: Any, *, batch_size: int = 256) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import finished_smoke_run, run_ssl_jax
 
+import ssl_jax
 from ssl_jax import export, train
 
 
@@ -63,3 +64,19 @@ def test_list_and_export_commands(finished_run):
     exported = run_ssl_jax("export", f"--workdir={workdir}")
     assert exported.returncode == 0, exported.stderr
     assert "backbone.msgpack" in exported.stdout
+
+
+def test_load_encoder_hands_nnx_users_an_nnx_module_with_the_same_features(finished_run):
+    from flax import nnx
+
+    _, workdir = finished_run
+    module, variables = ssl_jax.load_encoder(workdir)
+    model = ssl_jax.load_encoder(workdir, nnx=True)
+    assert isinstance(model, nnx.Module)
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(model(images, train=False)),
+        np.asarray(module.apply(variables, images, train=False)),
+    )
+    _, state = nnx.split(model)
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(variables))
