@@ -50,6 +50,10 @@ def test_notebook_committed_clean(name):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "outputs not cleared"
+    # On Colab the package goes in beside the runtime's JAX / TF / NumPy, never over them.
+    (setup,) = [c.source for c in nb.cells if "google.colab" in c.source]
+    assert "experiments/notebooks/colab_install.py" in setup
+    assert "requirements.txt\"" not in setup
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
