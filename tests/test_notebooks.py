@@ -54,7 +54,7 @@ def test_notebook_committed_clean(name):
     # On Colab the package goes in beside the runtime's JAX / TF / NumPy, never over them.
     (setup,) = [c.source for c in nb.cells if "google.colab" in c.source]
     assert "experiments/notebooks/colab_install.py" in setup
-    assert "requirements.txt\"" not in setup
+    assert 'requirements.txt"' not in setup
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
