@@ -45,7 +45,13 @@ class CheckpointWriteError(OSError):
 _MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
+_small_arrays_registered = False
+
+
 def _write_small_arrays_whole() -> None:
+    global _small_arrays_registered
+    if _small_arrays_registered:
+        return
     try:  # orbax's default handler keeps array metadata in this store; no public path
         from orbax.checkpoint._src.metadata import array_metadata_store
     except ImportError:  # another orbax layout: keep its default handler (slower start)
@@ -55,8 +61,27 @@ def _write_small_arrays_whole() -> None:
         min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
     )
     # orbax's registry is process-wide: this replaces its jax.Array handler for every
-    # checkpoint this process writes, which only differs in the slicing above.
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    # checkpoint this process writes, which only differs in the slicing above. orbax logs
+    # the replacement as a warning ("... overriding ..."); it is ours and deliberate, so
+    # that one record is dropped, once per process, wherever ssl_jax runs (CLI, notebook).
+    with _without_records("absl", "overriding"):
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    _small_arrays_registered = True
+
+
+@contextlib.contextmanager
+def _without_records(logger_name: str, text: str) -> Iterator[None]:
+    """Drops the records of ``logger_name`` whose message contains ``text``, inside."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class Checkpointer:

@@ -95,7 +95,7 @@ def _config_from_workdir(workdir: str):
 
 
 def _quiet_orbax() -> None:
-    """orbax's logged errors and its import-time warning stay off the console.
+    """orbax's logged errors stay off the console.
 
     Every orbax failure that matters reaches ssl_jax as an exception, which this command
     reports in one line (a full disk: `CheckpointWriteError`, exit 74); orbax logs each one
@@ -108,7 +108,7 @@ def _quiet_orbax() -> None:
     def keep(record: std_logging.LogRecord) -> bool:
         if "orbax" not in record.pathname:
             return True
-        return record.levelno < std_logging.ERROR and "overriding" not in record.getMessage()
+        return record.levelno < std_logging.ERROR
 
     std_logging.getLogger("absl").addFilter(keep)
     # At exit, asyncio reports the same failure once more per unfinished orbax write.

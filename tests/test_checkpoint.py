@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +58,17 @@ def test_a_key_added_after_the_run_resumes_at_its_default_only(tmp_path):
         config.input.augment_on_device = True
     with pytest.raises(IncompatibleCheckpointError, match="input.augment_on_device"):
         check_and_save_config(config, workdir, write=False)
+
+
+def test_checkpointing_logs_no_warning_of_ours(tmp_path):
+    """The small-array handler replaces orbax's default once per process; orbax's own
+    "overriding" warning about it is not shown (in a notebook as on the command line)."""
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.WARNING)\n"
+        "from absl import logging as absl_logging; absl_logging.use_python_logging()\n"
+        "from ssl_jax.checkpoint import Checkpointer\n"
+        f"Checkpointer({str(tmp_path)!r}).close(); Checkpointer({str(tmp_path)!r}).close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING:absl" not in done.stderr and "overriding" not in done.stderr, done.stderr
