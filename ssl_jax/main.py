@@ -37,7 +37,11 @@ from ml_collections import config_flags
 from ssl_jax import cli_help
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and preset, e.g. configs/simclr.py:digits.", lock_config=True
+    "config",
+    None,
+    "A shipped config and preset by name (simclr:digits; `ssl-jax list` names them all) or "
+    "a config file of yours with its preset (my_config.py:big).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, report.")
 _DISTRIBUTED = flags.DEFINE_bool(
