@@ -15,8 +15,8 @@ from ssl_jax import cli_help, dry_run, main, train
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train"], "expected one command out of pretrain, eval"),
-        ([], "expected one command out of pretrain, eval"),
+        (["train"], "expected one command out of pretrain, config, eval"),
+        ([], "expected one command out of pretrain, config, eval"),
         (["eval"], "eval needs --workdir=DIR"),
         (["pretrain"], "pretrain needs --config"),
         (["config"], "config needs --config"),
