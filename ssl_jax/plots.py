@@ -52,8 +52,10 @@ def plotted_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def references(name: str, embedding_dim: int | None) -> list[tuple[float, str]]:
     """``[(y, label), ...]`` of the healthy / collapsed levels of a collapse diagnostic."""
     if name == "collapse_std":
-        healthy = [(1 / math.sqrt(embedding_dim), f"healthy, 1/sqrt({embedding_dim})")]
-        return (healthy if embedding_dim else []) + [(0.0, "collapsed, 0")]
+        collapsed = [(0.0, "collapsed, 0")]
+        if not embedding_dim:  # a rerun that trained no step traced no embeddings
+            return collapsed
+        return [(1 / math.sqrt(embedding_dim), f"healthy, 1/sqrt({embedding_dim})"), *collapsed]
     if name == "effective_rank":
         return [(1.0, "collapsed, 1")]
     return []

@@ -192,6 +192,7 @@ def test_a_plot_has_integer_steps_its_unit_the_final_point_and_reference_lines()
     plots.draw(ax, rows, "collapse_std", embedding_dim=64)
     levels = sorted(line.get_ydata()[0] for line in ax.get_lines()[1:])
     assert levels == [0.0, 1 / 8]  # collapsed, and healthy 1/sqrt(64)
+    assert plots.references("collapse_std", None) == [(0.0, "collapsed, 0")]  # d unknown
     fig, ax = _axes()
     plots.draw(ax, rows, "effective_rank")
     assert [line.get_ydata()[0] for line in ax.get_lines()[1:]] == [1.0]
