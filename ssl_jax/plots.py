@@ -43,8 +43,9 @@ def series(rows: Sequence[Mapping[str, Any]], name: str) -> list[tuple[int, floa
 
 
 def plotted_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """loss and lr first, then every diagnostic and evaluation series, in name order."""
-    names = sorted({k for r in rows for k in r if k != "step"})
+    """loss and lr first, then every diagnostic and evaluation series, in name order; a
+    final evaluation's value alone (``final_linear_top1``) is a series too."""
+    names = sorted({k.removeprefix(FINAL_PREFIX) for r in rows for k in r if k != "step"})
     wanted = [n for n in ("loss", "lr") if n in names]
     return wanted + [n for n in names if n.startswith(PLOT_PREFIXES)]
 
@@ -119,7 +120,9 @@ def summary_panels(rows) -> list[list[str]]:
     collapse diagnostics, each left out when the run did not log it."""
     names = set(plotted_names(rows))
     accuracy = [
-        n for n in ("knn_top1", "online_linear_test_top1", "online_linear_top1") if n in names
+        n
+        for n in ("knn_top1", "linear_top1", "online_linear_test_top1", "online_linear_top1")
+        if n in names
     ]
     panels = [["loss"], ["lr"], accuracy, ["collapse_std"], ["effective_rank"]]
     return [[n for n in panel if n in names] for panel in panels if set(panel) & names]

@@ -242,7 +242,7 @@ class MetricWriter:
         summary = plots.plot_summary(rows, out_dir, embedding_dim)
         written = [summary] if summary else []
         for name in plots.plotted_names(rows):
-            if plots.series(rows, name):
+            if plots.series(rows, name) or plots.series(rows, plots.FINAL_PREFIX + name):
                 written.append(plots.plot_series(rows, name, out_dir, embedding_dim))
         return written
 

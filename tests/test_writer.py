@@ -199,9 +199,12 @@ def test_a_plot_has_integer_steps_its_unit_the_final_point_and_reference_lines()
 
 
 def test_the_summary_has_a_panel_per_logged_kind():
-    rows = [{"step": 1, "loss": 2.0, "lr": 0.1, "knn_top1": 30.0, "online_linear_top1": 20.0}]
+    rows = [
+        {"step": 1, "loss": 2.0, "lr": 0.1, "knn_top1": 30.0, "online_linear_top1": 20.0},
+        {"step": 1, "final_linear_top1": 40.0},  # the final linear probe: a series too
+    ]
     assert plots.summary_panels(rows) == [
         ["loss"],
         ["lr"],
-        ["knn_top1", "online_linear_top1"],
+        ["knn_top1", "linear_top1", "online_linear_top1"],
     ]
