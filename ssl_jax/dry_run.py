@@ -1,6 +1,6 @@
 """`ssl-jax config`: the resolved config and what it implies, with nothing compiled.
 
-The numbers come from the trainer's own `train.plan` (steps per epoch, total steps, the
+The numbers come from the trainer's own `planning.plan` (steps per epoch, total steps, the
 scaled peak lr) and from `jax.eval_shape` of its init function (the replicated state:
 parameters, optimizer state, the method's queues, banks and momentum encoders), so they
 are the run's, not a second estimate. ``devices`` may be a count this machine lacks (plan
@@ -16,21 +16,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssl_jax import console, schedules, train
-from ssl_jax.data import eval_pipeline
+from ssl_jax import console, planning, schedules
 
 
 def describe(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> str:
     """The resolved config, then a summary of the run it describes on ``devices``."""
-    plan = train.plan(config, devices, processes)
+    plan = planning.plan(config, devices, processes)
     state = jax.eval_shape(lambda: plan.init_fn(jax.random.key(0)))  # even the key: no compile
     return f"{config}\n{implications(plan, state, devices, processes)}"
 
 
-def implications(plan: train.Plan, state, devices: int, processes: int) -> str:
+def implications(plan: planning.Plan, state, devices: int, processes: int) -> str:
     c = plan.config
     batch, spe = c.input.global_batch_size, plan.steps_per_epoch
-    n = eval_pipeline.num_eval_examples(c.input, c.input.train_split)
+    n = c.schedule.num_examples  # the training split's size, as plan resolved it
     warmup = schedules.epochs_to_steps(c.schedule.warmup_epochs, c.schedule, spe)
     lines = [
         f"What this config implies on {console.count(devices, 'device')}, "

@@ -31,7 +31,7 @@ MODES = ("", "online", "offline", "disabled")
 
 def check(log_cfg) -> None:
     """Fails in one line, before anything is written, on a mode W&B lacks or a missing
-    ``wandb`` package (``train.plan`` calls it)."""
+    ``wandb`` package (``planning.plan`` calls it)."""
     if not log_cfg.wandb:
         return
     if log_cfg.wandb_mode not in MODES:
