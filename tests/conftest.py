@@ -25,14 +25,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-# Modules that start `ssl-jax` processes or compile every method go first, so the two
-# pytest-xdist workers (--dist loadfile) do not end with one of them running alone
-# (pyproject's --no-loadscope-reorder keeps xdist from re-sorting by test count).
+# The longest modules of each tier go first, so the two pytest-xdist workers (--dist
+# loadfile) do not end with one of them running alone (pyproject's --no-loadscope-reorder
+# keeps xdist from re-sorting by test count). The end-to-end tier: the first three.
 _SLOW_FIRST = (
     "test_multihost.py",
     "test_preemption.py",
     "test_notebooks.py",
     "test_methods.py",
+    "test_precision.py",
 )
 
 

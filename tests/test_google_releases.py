@@ -60,6 +60,7 @@ def _simclr_variables(backbone):
     return variables, head
 
 
+@pytest.mark.slow
 def test_a_simclr_v2_saved_model_imports_with_its_head(tmp_path):
     backbone = _resnet50(0)
     variables, head = _simclr_variables(backbone)
@@ -116,6 +117,7 @@ def test_a_simclr_run_directory_reads_as_its_saved_model(tmp_path):
     assert sorted(release.online) == ["backbone", "head"]
 
 
+@pytest.mark.slow
 def test_a_byol_pickle_imports_online_and_target_networks(tmp_path):
     rng = np.random.default_rng(1)
     online_backbone, target_backbone = _resnet50(0), _resnet50(1)

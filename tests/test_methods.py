@@ -5,7 +5,8 @@ registry with a config is covered without editing this file):
 - a smoke step gives a finite loss and changes the params, and the online probe learns;
 - the result does not depend on the device count, nor on the online linear probe: two
   steps on 1 fake CPU device with the probe end where 8 devices without it do, within
-  float32 summation noise (two runs per method: each compile costs ~15 s here);
+  float32 summation noise (the end-to-end tier, ``-m slow``: the 8-device compile of
+  every method costs ~20 s each here);
 - the probe leaves the method's update bit-for-bit unchanged (shown on one method: the
   probe's step is the trainer's, apart from every method's loss)."""
 
@@ -76,19 +77,13 @@ def _run(config, devices):
 
 
 @pytest.fixture(scope="module", params=methods.METHODS)
-def runs(request):
-    """Two steps of the method's smoke preset on 1 device with the online probe and on
-    8 devices without it."""
-    name = request.param
-    return name, dict(
-        one=_run(smoke_config(name), 1),
-        eight=_run(smoke_config(name, evals__online_linear=False), 8),
-    )
+def one_device(request):
+    """``(name, run)``: two steps of the method's smoke preset on 1 device with the probe."""
+    return request.param, _run(smoke_config(request.param), 1)
 
 
-def test_a_smoke_step_is_finite_changes_the_params_and_trains_the_probe(runs):
-    _, run = runs
-    one = run["one"]
+def test_a_smoke_step_is_finite_changes_the_params_and_trains_the_probe(one_device):
+    _, one = one_device
     assert np.all(np.isfinite(one["losses"]))
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), one["start"].params, one["end"].params)
     assert any(jax.tree.leaves(moved))
@@ -97,9 +92,10 @@ def test_a_smoke_step_is_finite_changes_the_params_and_trains_the_probe(runs):
     assert 0.0 <= float(one["metrics"]["online_linear_top1"]) <= 100.0
 
 
-def test_result_depends_on_neither_the_device_count_nor_the_probe(runs):
-    _, run = runs
-    one, eight = run["one"], run["eight"]
+@pytest.mark.slow
+def test_result_depends_on_neither_the_device_count_nor_the_probe(one_device):
+    name, one = one_device
+    eight = _run(smoke_config(name, evals__online_linear=False), 8)
     assert eight["end"].probe == {} and "online_linear_top1" not in eight["metrics"]
     np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
     for field in ("step", "params", "batch_stats", "opt_state", "extra"):

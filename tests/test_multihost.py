@@ -36,6 +36,9 @@ from helpers import (
 from ssl_jax.preemption import EXIT_PREEMPTED
 from ssl_jax.writer import read_metrics
 
+# End to end (README, "The tests"): run by `python -m pytest -m slow` and by CI.
+pytestmark = pytest.mark.slow
+
 # MoCo v2 crosses processes everywhere a method can: shuffle BN's batch statistics, the
 # keys gathered into the queue, the global batch's negatives. A kNN evaluation half-way
 # (features gathered from both processes), checkpoints every 4 steps; no final report,

@@ -21,6 +21,9 @@ NOTEBOOK_DIR = os.path.join(ROOT, "experiments", "notebooks")
 sys.path.insert(0, NOTEBOOK_DIR)
 import render_screenshots  # noqa: E402  (runs a notebook with SMOKE injected)
 
+# End to end (README, "The tests"): run by `python -m pytest -m slow` and by CI.
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = sorted(n for n in os.listdir(NOTEBOOK_DIR) if n.endswith(".ipynb"))
 COLAB = "https://colab.research.google.com/github/ssl-jax/ssl_jax/blob/main/experiments/notebooks/"
 

@@ -18,6 +18,9 @@ from ssl_jax import train
 from ssl_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ssl_jax.writer import read_metrics
 
+# End to end (README, "The tests"): run by `python -m pytest -m slow` and by CI.
+pytestmark = pytest.mark.slow
+
 STEPS = 16
 # A checkpoint every 8 steps, no evaluation: the run is nothing but steps and saves.
 OVERRIDES = dict(

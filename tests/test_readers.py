@@ -67,6 +67,7 @@ def test_readers_skip_an_unreadable_newest_step_and_leave_it_there(finished_run,
     assert tree_listing(checkpoints) == before
 
 
+@pytest.mark.slow
 def test_eval_of_a_running_run_leaves_the_trainer_undisturbed(tmp_path):
     workdir = str(tmp_path / "live")
     checkpoints = os.path.join(workdir, "checkpoints")

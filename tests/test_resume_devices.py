@@ -14,6 +14,9 @@ from helpers import assert_states_close, config_flags, load_config, ssl_jax_proc
 from ssl_jax import train
 from ssl_jax.writer import read_metrics
 
+# End to end (README, "The tests"): run by `python -m pytest -m slow` and by CI.
+pytestmark = pytest.mark.slow
+
 STEPS, SAVED = 8, 4
 OVERRIDES = dict(
     schedule__total_steps=STEPS,

@@ -250,6 +250,7 @@ def test_queue_fills_from_its_epoch_and_joins_sinkhorn_when_full(setup):
     np.testing.assert_array_equal(extra["queue"][:, B:], z[1])
 
 
+@pytest.mark.slow
 def test_the_smoke_run_freezes_the_prototypes_then_renormalises_them():
     """Two real steps of the smoke preset: step 0 leaves the prototypes as initialised
     (frozen) and fills the one-batch queue, step 1 moves them (unit vectors again) and

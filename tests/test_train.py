@@ -86,6 +86,7 @@ def test_workdir_of_an_incompatible_config_is_refused_untouched(moco_run, tmp_pa
     assert sorted(os.listdir(os.path.join(other, "checkpoints"))) == ["2", "4"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_keeps_last_checkpoint(tmp_path):
     # Warm-up starts the lr at 0, so the first update is harmless and checkpointed; the
     # next one, at lr ~1e29, overflows the parameters.
@@ -111,6 +112,7 @@ def test_batch_not_divisible_by_devices_is_rejected():
         train.build(config, parallel.make_mesh())
 
 
+@pytest.mark.slow
 def test_moco_v1_smoke_preset_trains(tmp_path):
     # Every method steps in tests/test_methods.py; this is the v1 preset end to end.
     config = load_config("moco_v1", evals__random_init_baseline=False)
@@ -149,6 +151,7 @@ def _full_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["read_only", "full_disk"])
 def test_unwritable_checkpoint_dir_keeps_last_good(moco_run, tmp_path, failure):
     config, workdir, _ = moco_run
@@ -175,6 +178,7 @@ def test_unwritable_checkpoint_dir_keeps_last_good(moco_run, tmp_path, failure):
     assert int(_final_state(longer, run).step) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["array_bytes", "metadata"])
 def test_unreadable_latest_checkpoint_is_skipped_by_readers_and_moved_aside_by_the_trainer(
     moco_run, tmp_path, caplog, damage

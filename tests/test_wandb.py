@@ -21,6 +21,7 @@ def _runs(workdir):
     return sorted(glob.glob(os.path.join(workdir, "wandb", "offline-run-*")))
 
 
+@pytest.mark.slow
 def test_a_run_logs_its_rows_to_wandb_and_a_resume_continues_the_same_run(tmp_path):
     workdir = str(tmp_path / "run")
     quiet = dict(evals__at_end=False, evals__knn_every_steps=0, ckpt__every_steps=2)

@@ -169,6 +169,7 @@ def _check_network(model, trees, where, nets, images):
         assert float(np.abs(got - want).max() / np.abs(want).max()) < RTOL, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, config_name, preset", CASES)
 def test_a_release_imports_with_every_network_it_holds(fmt, config_name, preset, tmp_path):
     config = load_config(config_name, preset)
@@ -202,6 +203,7 @@ def test_a_release_imports_with_every_network_it_holds(fmt, config_name, preset,
         assert saved.model.vit.pos_embed == "sincos"
 
 
+@pytest.mark.slow
 def test_an_imported_mae_checkpoint_gives_the_pytorch_loss_for_the_same_noise(tmp_path):
     """MAE's full forward (encoder on the visible patches, decoder, norm-pix loss) from an
     imported full checkpoint against models_mae.py's forward with the same mask noise; the
@@ -265,6 +267,7 @@ def digits_run(tmp_path_factory):
     return finished_smoke_run(tmp_path_factory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_an_export_loads_strictly_into_pytorch_and_reimports_with_the_same_knn(
     digits_run, suffix, tmp_path
@@ -297,6 +300,7 @@ def test_an_export_loads_strictly_into_pytorch_and_reimports_with_the_same_knn(
     assert scores["run"] == scores["reimported"]  # (the online probe is not exported)
 
 
+@pytest.mark.slow
 def test_a_full_checkpoint_continues_pretraining(tmp_path):
     config = load_config(
         "dino", "smoke_vit", schedule__total_steps=2, evals__at_end=False, evals__knn_every_steps=0

@@ -36,6 +36,7 @@ def relative_difference(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_imported_features_equal_pytorch_and_the_layout_goes_back(name, tmp_path):
     build, side = NETS[name]
