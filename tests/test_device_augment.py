@@ -213,6 +213,7 @@ def _augment_fn(mesh, input_cfg):
     return run
 
 
+@pytest.mark.slow
 def test_same_key_same_views_on_any_device_count():
     cfg, batch = _input_cfg(), _uint8_batch()
     batch[:, 2] = batch[:, 1]  # one image in two views of one recipe

@@ -38,6 +38,7 @@ def test_a_healthy_growth_of_the_parameters_trains_on():
     assert buffer.flush(last_good_step=None)["param_norm"] == 900.0
 
 
+@pytest.mark.slow
 def test_a_huge_lr_that_stays_finite_is_stopped(tmp_path):
     """lr 1e6 keeps every number finite while the parameters explode (here 1e4x in the
     first update); the guard stops it at once, measured against the initial norm."""

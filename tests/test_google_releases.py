@@ -101,6 +101,7 @@ def test_a_simclr_v2_saved_model_imports_with_its_head(tmp_path):
         export.export_torch(workdir, "torchvision", str(tmp_path / "r50.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_simclr_run_directory_reads_as_its_saved_model(tmp_path):
     """A run's ``ckpt-N`` (model, optimizer slots, global step) names every variable by
     the same path as the SavedModel, whose trainable ones TF keys by list position."""
