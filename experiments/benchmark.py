@@ -123,7 +123,8 @@ def run(
             first = pipeline.synthetic_batch(config.input, config.seed)
         batch = parallel.to_global(first, mesh)
         start = time.perf_counter()
-        compiled = setup.update.lower(state, batch, base_key).compile()
+        lowered = setup.update.lower(state, batch, base_key)
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - start
 
         def step(next_batch=None):
@@ -159,12 +160,14 @@ def run(
     memory, memory_source = device_peak.peak_memory(compiled)
     result.update(
         flops_per_step=flops,
+        lowered_flops_per_step=device_peak.step_flops(lowered),
         achieved_flops_per_s=flops / step_s,
         peak_flops_per_s=peak,
         peak_flops_source=peak_source,
         utilisation=flops / step_s / peak,
         peak_memory_bytes=memory,
         peak_memory_source=memory_source,
+        compiled_memory_bytes=device_peak.compiled_memory(compiled),
         note=note,
     )
     if torch:
@@ -194,27 +197,14 @@ def _real_input_loop(step, batches, mesh, b: int, steps: int) -> dict[str, float
 
 def _torch_row(config: Any, steps: int, warmup: int, jax_ips: float) -> dict[str, Any]:
     try:
-        import torch
         import torch_reference
     except ImportError as e:
         raise ImportError(
             f"--torch needs PyTorch ({e}); install: pip install torch "
             "--index-url https://download.pytorch.org/whl/cpu"
         ) from e
-    step = torch_reference.make_step(config)
-    x1, x2 = torch_reference.random_views(config, config.seed)
-    for _ in range(warmup):
-        float(step(x1, x2))
-    step_s, times = _median_step(lambda: float(step(x1, x2)), steps)
-    ips = config.input.global_batch_size / step_s
-    return dict(
-        torch_version=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-        torch_step_time_s=step_s,
-        torch_step_times_s=times,
-        torch_images_per_s=ips,
-        jax_over_torch=jax_ips / ips,
-    )
+    row = torch_reference.time_step(config, steps=steps, warmup=warmup, seed=config.seed)
+    return dict(row, jax_over_torch=jax_ips / row["torch_images_per_s"])
 
 
 def format_result(r: dict[str, Any]) -> str:

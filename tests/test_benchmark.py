@@ -87,7 +87,7 @@ def test_torch_reference_loss_with_equal_logits(name):
     section = "moco" if name == "moco_v2" else "simclr"
     config = load_config(name, **{f"{section}__temperature": 1e4})
     step = torch_reference.make_step(config)
-    x1, x2 = torch_reference.random_views(config)
+    x1, x2 = torch_reference.random_inputs(config)
     loss = float(step(x1, x2))
     # MoCo: 1 positive + K=64 negatives; SimCLR: 2 x log(2B - 1), B=16 (self masked out).
     expected = math.log(65) if name == "moco_v2" else 2 * math.log(31)

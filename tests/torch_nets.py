@@ -297,7 +297,7 @@ class MaskedAutoencoder(VisionTransformer):
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         x = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).repeat(1, 1, dim))
-        mask = torch.ones([n, length])
+        mask = torch.ones([n, length], device=imgs.device)
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)

@@ -68,6 +68,14 @@ def peak_memory(compiled: Any) -> tuple[int, str]:
     stats = jax.local_devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device memory_stats peak_bytes_in_use"
+    source = "compiled memory_analysis: arguments + outputs + temp - aliased"
+    return compiled_memory(compiled), source
+
+
+def compiled_memory(compiled: Any) -> int:
+    """Bytes the compiled program needs at once on one device, from XLA's buffer
+    assignment: arguments + outputs + temporaries - aliased (donated) bytes. Unlike the
+    runtime peak it is the program's alone (not the process's highest so far)."""
     m = compiled.memory_analysis()
     total = (
         m.argument_size_in_bytes
@@ -75,14 +83,17 @@ def peak_memory(compiled: Any) -> tuple[int, str]:
         + m.temp_size_in_bytes
         - m.alias_size_in_bytes
     )
-    return int(total), "compiled memory_analysis: arguments + outputs + temp - aliased"
+    return int(total)
 
 
 def step_flops(compiled: Any) -> float:
     """XLA's FLOP count of one step, over all devices of the mesh.
 
     ``cost_analysis`` describes the per-device SPMD program; in data parallelism every
-    device runs it once per step (the replicated optimizer update included).
+    device runs it once per step (the replicated optimizer update included). ``compiled``
+    may also be the ``Lowered`` step: then the count is of the HLO before XLA's backend
+    passes (fusion, layouts, a GPU's cuDNN / cuBLAS calls), counted the same way on every
+    platform; rematerialised recomputation is in it.
     """
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program

@@ -87,11 +87,11 @@ def torch_op_times(config, steps: int) -> dict[str, float]:
     import torch_reference
 
     step = torch_reference.make_step(config)
-    x1, x2 = torch_reference.random_views(config)
-    float(step(x1, x2))
+    inputs = torch_reference.random_inputs(config)
+    float(step(*inputs))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            float(step(x1, x2))
+            float(step(*inputs))
     return {e.key: e.self_cpu_time_total * 1e-6 / steps for e in prof.key_averages()}
 
 
