@@ -54,13 +54,23 @@ def peak_flops(dtype: str) -> tuple[float, str]:
     device = jax.local_devices()[0]
     if device.platform == "cpu":
         return measured_matmul_flops(), "measured float32 matmul (this process, all cores)"
-    kind = device.device_kind.lower()
+    spec = spec_sheet_flops(device.device_kind, dtype)
+    if spec is None:
+        return float("nan"), f"unknown device_kind {device.device_kind!r}: no spec-sheet peak"
+    return spec[0] * jax.local_device_count(), spec[1]
+
+
+def spec_sheet_flops(device_kind: str, dtype: str) -> tuple[float, str] | None:
+    """(dense FLOP/s of one chip, label) for a ``device_kind`` (or a CUDA device name such
+    as 'NVIDIA H200') in ``SPEC_SHEET_TFLOPS``; None if it is not there."""
     for name, (bf16, fp32) in SPEC_SHEET_TFLOPS.items():
-        if name in kind:
+        if name in device_kind.lower():
             per_chip = bf16 if dtype == "bfloat16" else fp32
-            label = f"spec sheet {device.device_kind} {dtype} dense {per_chip:g} TFLOP/s/chip"
-            return per_chip * 1e12 * jax.local_device_count(), label
-    return float("nan"), f"unknown device_kind {device.device_kind!r}: no spec-sheet peak"
+            return (
+                per_chip * 1e12,
+                f"spec sheet {device_kind} {dtype} dense {per_chip:g} TFLOP/s/chip",
+            )
+    return None
 
 
 def peak_memory(compiled: Any) -> tuple[int, str]:
