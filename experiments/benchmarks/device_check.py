@@ -76,7 +76,11 @@ MIN_START_S = 20.0  # a case needs at least this much time left to start
 CASE_LIMITS_S = {"gpu": (150.0, 75.0), "smoke": (180.0, 60.0)}
 TORCH_COMPILE_LIMIT_S = 240.0
 STEPS = {"gpu": dict(jax=(3, 10), torch=(5, 10)), "smoke": dict(jax=(1, 2), torch=(1, 2))}
-JAX_MODULES = ("jax", "jaxlib", "flax", "optax", "ml_collections", "tensorflow")
+# What ssl_jax.train imports (requirements.txt); a JAX case is skipped without them.
+JAX_MODULES = (
+    "jax", "jaxlib", "flax", "optax", "orbax", "chex", "einops", "ml_collections",
+    "tensorflow", "sklearn", "matplotlib",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +185,8 @@ def _jax_case(case: Case, args) -> dict[str, Any]:
 
     if jax.device_count() != 1:
         raise RuntimeError(f"one device expected, JAX sees {jax.devices()}")
+    if jax.devices()[0].platform == "cpu" and not (args.smoke or args.allow_cpu):
+        raise RuntimeError("JAX sees no GPU (jax[cuda12] installed?): it would time a CPU")
     config = case_config(case, args.smoke, args.per_device_batch)
     warmup, steps = _steps(args, "jax")
     result = benchmark.run(config, steps=steps, warmup=warmup, label=case.name)
@@ -217,11 +223,10 @@ def _torch_case(case: Case, args) -> dict[str, Any]:
     import torch
     import torch_reference
 
-    device = args.torch_device or ("cuda" if torch.cuda.is_available() or not args.smoke else "cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda.is_available() is False: no GPU for PyTorch")
-        torch.backends.cudnn.benchmark = True  # as main_moco.py, main_dino.py, MAE's
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not (args.smoke or args.allow_cpu):
+        raise RuntimeError("torch.cuda.is_available() is False: no GPU for PyTorch")
+    torch.backends.cudnn.benchmark = True  # as main_moco.py, main_dino.py, MAE's
     config = case_config(case, args.smoke, args.per_device_batch)
     warmup, steps = _steps(args, "torch")
     # The spec-sheet peak by the CUDA device's name (None on a CPU: the run's JAX case
@@ -269,8 +274,13 @@ DISTRIBUTIONS = dict(
     jax_cuda_plugin=("jax-cuda12-plugin", "jax-cuda13-plugin"),
     flax=("flax",),
     optax=("optax",),
+    orbax=("orbax-checkpoint",),
+    chex=("chex",),
+    einops=("einops",),
     ml_collections=("ml-collections",),
     tensorflow=("tensorflow", "tensorflow-cpu"),
+    sklearn=("scikit-learn",),
+    matplotlib=("matplotlib",),
     torch=("torch",),
     torchvision=("torchvision",),
 )
@@ -331,7 +341,8 @@ def run_case(case: Case, args, limit_s: float, log_path: str) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), f"--child={case.name}"]
     cmd.append(f"--child_json={out_json}")
     cmd += ["--smoke"] * args.smoke + ["--torch_compile"] * args.torch_compile
-    for flag in ("steps", "warmup", "per_device_batch", "torch_device"):
+    cmd += ["--allow_cpu"] * args.allow_cpu
+    for flag in ("steps", "warmup", "per_device_batch"):
         if getattr(args, flag) is not None:
             cmd.append(f"--{flag}={getattr(args, flag)}")
     start = time.monotonic()
@@ -579,7 +590,7 @@ def parse_args(argv: list[str] | None = None):
     # For dry runs of the GPU cases elsewhere (e.g. on a CPU, with a small batch):
     p.add_argument("--per_device_batch", type=int, default=None, help="dry runs only")
     p.add_argument("--case_limit_s", type=float, default=None, help="every case's limit")
-    p.add_argument("--torch_device", default=None, help="PyTorch's device (default: cuda)")
+    p.add_argument("--allow_cpu", action="store_true", help="GPU cases on a CPU: dry runs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child_json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
