@@ -1,6 +1,6 @@
 """experiments/benchmarks/device_check.py: its --smoke run end to end on MAE's JAX case
-(with its PyTorch case beside it), the GPU cases' settings, the deadline and the per-case
-time limit, and the PyTorch reference steps it times.
+(with its PyTorch case beside it; the end-to-end tier, -m slow), the GPU cases' settings,
+the deadline and the per-case time limit, and the PyTorch reference steps it times.
 
 No timing assertions: the figures depend on the machine; they must be there, finite and
 positive.
@@ -69,6 +69,7 @@ def _smoke_args(**kw):
     return types.SimpleNamespace(**dict(values, per_device_batch=None, allow_cpu=False, **kw))
 
 
+@pytest.mark.slow  # end to end: a device_check process and its case's process (~30 s)
 def test_smoke_run_writes_one_json_with_positive_figures(smoke_run):
     report, stdout, out = smoke_run
     assert [p.name for p in out.glob("**/*.json")] == ["device_check.json"]
@@ -88,6 +89,7 @@ def test_smoke_run_writes_one_json_with_positive_figures(smoke_run):
     assert "[1/1] mae_vit_b16/jax: ok" in stdout and "| mae_vit_b16 | 16 |" in stdout
 
 
+@pytest.mark.slow  # shares the end-to-end run's fixture
 def test_smoke_torch_case_gets_the_jax_cases_model_flops(smoke_run):
     pytest.importorskip("torch")
     report, _, _ = smoke_run
